@@ -1,0 +1,42 @@
+"""edgepose: multi-person pose estimation exported, quantized and run on edge hardware.
+
+``edgepose.load(bundle)`` returns a ``PoseEstimator``; calling it on a BGR frame returns ``Poses``.
+Imports are lazy so that ``import edgepose`` (and the CLI's ``--help``) stay instant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from edgepose.version import __version__
+
+if TYPE_CHECKING:
+    from edgepose.estimator import PoseEstimator
+    from edgepose.poses import Poses
+
+__all__ = ["__version__", "load", "PoseEstimator", "Poses"]
+
+
+def load(
+    bundle: Any,
+    preset: str = "realtime",
+    runtime: str | None = None,
+    device: str | None = None,
+    **decoder_overrides: Any,
+) -> PoseEstimator:
+    """Load a bundle and return a ready ``PoseEstimator``. See ``edgepose.estimator.load``."""
+    from edgepose.estimator import load as _load
+
+    return _load(bundle, preset=preset, runtime=runtime, device=device, **decoder_overrides)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PoseEstimator":
+        from edgepose.estimator import PoseEstimator
+
+        return PoseEstimator
+    if name == "Poses":
+        from edgepose.poses import Poses
+
+        return Poses
+    raise AttributeError(f"module 'edgepose' has no attribute {name!r}")
