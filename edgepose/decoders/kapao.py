@@ -1,0 +1,497 @@
+"""KAPAO post-processing in numba: raw Detect-head logits -> poses fused with keypoint objects.
+
+The exported graph stops at the head's raw per-level outputs, ``(1, na, H, W, 5 + nc + 2K)`` logits with
+``nc = 1 + K`` (class 0: person pose object, class k: keypoint object of type k - 1). Everything that
+depends on the data runs here, and only on cells whose objectness passes the threshold (tested on the
+logit, so the rest never pay for a sigmoid): grid decode, class-aware NMS, and the fusion of keypoint
+objects into the poses (KAPAO's Algorithm 1). The semantics follow the official ``val.py`` (``run_nms``,
+``post_process_batch``) and ``utils/general.py`` (``non_max_suppression_kp``, ``scale_coords``);
+``kapao_reference.decode_reference`` is the same thing in plain numpy and serves as the tests' oracle.
+
+Deliberate differences from the official code:
+- arithmetic is float64 throughout (the official code mixes float16/float32 torch and float64 numpy), so
+  results differ from it by rounding only;
+- the best class is the argmax of the class logits (the sigmoid is monotonic; equal logits: first class),
+  and score ties are broken by cell order (stable sorts), which torch does not promise;
+- person boxes are not rounded to whole pixels (``val.py`` rounds them for its JSON);
+- ``clip_keypoints="all"`` (default) clips every keypoint to the image. The official ``scale_coords``
+  reuses the box clipper on the flattened keypoints, which clips only columns 0-3, i.e. keypoints 0 and 1;
+  ``clip_keypoints="official"`` reproduces that, to match the official evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from edgepose.decoders.nms import batched_nms
+from edgepose.errors import BundleError, UsageError
+from edgepose.poses import Poses
+from edgepose.preprocess import LetterboxMeta
+
+CLIP_MODES = ("all", "official", "none")
+
+LevelOutputs = Sequence[np.ndarray] | Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class KapaoHead:
+    """The Detect head's constants, as the bundle manifest stores them.
+
+    anchors: (nl, na, 2) anchor (w, h) in input pixels. output_names: the ONNX outputs, P3 first.
+    """
+
+    strides: tuple[int, ...]
+    anchors: np.ndarray
+    num_keypoints: int
+    output_names: tuple[str, ...] = ()
+    _strides_f64: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            anchors = np.array(self.anchors, dtype=np.float64)
+            strides = tuple(int(s) for s in self.strides)
+            k = int(self.num_keypoints)
+        except (TypeError, ValueError) as e:
+            raise UsageError("KAPAO head needs numeric strides, anchors and num_keypoints") from e
+        if anchors.ndim != 3 or anchors.shape[2] != 2 or anchors.shape[0] != len(strides) or not anchors.size:
+            raise UsageError(
+                f"KAPAO anchors must be (levels={len(strides)}, anchors, 2), got {anchors.shape}"
+            )
+        if any(s <= 0 or s != float(v) for s, v in zip(strides, self.strides)) or k < 1:
+            raise UsageError("KAPAO strides must be positive integers and num_keypoints at least 1")
+        names = tuple(str(n) for n in self.output_names)
+        if names and len(names) != len(strides):
+            raise UsageError(f"KAPAO head lists {len(names)} output names for {len(strides)} levels")
+        anchors.setflags(write=False)
+        strides_f64 = np.array(strides, np.float64)
+        strides_f64.setflags(write=False)
+        for name, value in (
+            ("strides", strides),
+            ("anchors", anchors),
+            ("num_keypoints", k),
+            ("output_names", names),
+            ("_strides_f64", strides_f64),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def nl(self) -> int:
+        return len(self.strides)
+
+    @property
+    def na(self) -> int:
+        return self.anchors.shape[1]
+
+    @property
+    def nc(self) -> int:
+        return 1 + self.num_keypoints
+
+    @property
+    def no(self) -> int:
+        """Channels per anchor: x, y, w, h, obj, classes, keypoint x/y offsets."""
+        return 5 + self.nc + 2 * self.num_keypoints
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> KapaoHead:
+        missing = {"strides", "anchors", "num_keypoints"} - set(d)
+        if missing:
+            raise BundleError(f"KAPAO head description lacks {', '.join(sorted(missing))}")
+        return cls(
+            tuple(d["strides"]),
+            np.asarray(d["anchors"]),
+            d["num_keypoints"],
+            tuple(d.get("output_names") or ()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strides": list(self.strides),
+            "anchors": self.anchors.tolist(),
+            "num_keypoints": self.num_keypoints,
+            "output_names": list(self.output_names),
+        }
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KapaoHead) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((self.strides, self.anchors.tobytes(), self.num_keypoints, self.output_names))
+
+
+@dataclass(frozen=True)
+class KapaoParams:
+    """Decoder thresholds, named after the official ``val.py`` arguments (``conf`` = ``conf_thres`` ...).
+
+    conf/iou: person (pose object) candidates and NMS; conf_kp/iou_kp: keypoint objects; conf_kp_person:
+    only persons above it receive fused keypoints; overwrite_tol: fusion radius in original pixels.
+    """
+
+    conf: float
+    iou: float
+    conf_kp: float
+    iou_kp: float
+    conf_kp_person: float
+    overwrite_tol: float
+    max_det: int = 300
+    max_nms: int = 30000
+    max_wh: float = 4096.0
+    use_kp_dets: bool = True
+    clip_keypoints: str = "all"
+
+    def __post_init__(self) -> None:
+        for name in ("conf", "iou", "conf_kp", "iou_kp", "conf_kp_person"):
+            value = float(getattr(self, name))
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"decoder parameter {name}={value} must be between 0 and 1")
+            object.__setattr__(self, name, value)
+        if not float(self.overwrite_tol) >= 0.0:
+            raise UsageError(f"overwrite_tol={self.overwrite_tol} must be a distance >= 0 pixels")
+        for name in ("max_det", "max_nms"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"decoder parameter {name} must be at least 1")
+        if not float(self.max_wh) > 0.0:
+            raise UsageError("decoder parameter max_wh must be positive")
+        if self.clip_keypoints not in CLIP_MODES:
+            raise UsageError(
+                f"clip_keypoints must be one of {', '.join(CLIP_MODES)}, got {self.clip_keypoints!r}"
+            )
+        object.__setattr__(self, "overwrite_tol", float(self.overwrite_tol))
+        object.__setattr__(self, "max_det", int(self.max_det))
+        object.__setattr__(self, "max_nms", int(self.max_nms))
+        object.__setattr__(self, "max_wh", float(self.max_wh))
+        object.__setattr__(self, "use_kp_dets", bool(self.use_kp_dets))
+
+    @property
+    def combined_nms(self) -> bool:
+        """The official shortcut: one NMS over every class when the two passes would agree."""
+        return self.iou == self.iou_kp and self.conf_kp >= self.conf
+
+    def clip_count(self, num_keypoints: int) -> int:
+        """How many leading keypoints are clipped to the image."""
+        return {"all": num_keypoints, "official": min(2, num_keypoints), "none": 0}[self.clip_keypoints]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> KapaoParams:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UsageError(f"unknown KAPAO decoder parameter(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def replace(self, **overrides: Any) -> KapaoParams:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise UsageError(f"unknown KAPAO decoder parameter(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **overrides)
+
+
+PRESETS: dict[str, KapaoParams] = {
+    # The official val.py defaults (what COCO AP is reported with).
+    "accuracy": KapaoParams(0.001, 0.65, 0.2, 0.25, 0.3, 50),
+    # Close to the official demos: few candidates, one combined NMS.
+    "realtime": KapaoParams(0.5, 0.45, 0.5, 0.45, 0.2, 50),
+}
+
+
+def ordered_levels(outputs: LevelOutputs, head: KapaoHead) -> tuple[np.ndarray, ...]:
+    """The head outputs as a tuple of C-contiguous float32 ``(1, na, H, W, no)`` arrays, P3 first.
+
+    A mapping is read in ``head.output_names`` order when it has those names, else finest grid first.
+    """
+    if isinstance(outputs, Mapping):
+        if head.output_names and all(n in outputs for n in head.output_names):
+            arrays = [outputs[n] for n in head.output_names]
+        else:
+            items = sorted(outputs.items(), key=lambda kv: (-int(np.prod(np.shape(kv[1])[2:4])), kv[0]))
+            arrays = [v for _, v in items]
+    else:
+        arrays = list(outputs)
+    if len(arrays) != head.nl:
+        raise BundleError(
+            f"KAPAO decoder got {len(arrays)} model outputs, expected {head.nl} (one per level)"
+        )
+    levels = []
+    for i, a in enumerate(arrays):
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if a.ndim == 4:
+            a = a[None]
+        if a.ndim != 5 or a.shape[0] != 1 or a.shape[1] != head.na or a.shape[4] != head.no:
+            raise BundleError(
+                f"KAPAO output {i} has shape {a.shape}, expected (1, {head.na}, H, W, {head.no}) for a head "
+                f"with {head.num_keypoints} keypoints; the bundle's model and manifest do not match"
+            )
+        levels.append(a)
+    return tuple(levels)
+
+
+def decode_grid(levels: LevelOutputs, head: KapaoHead) -> np.ndarray:
+    """Every cell decoded as the official Detect head does, ``(sum na*H*W, no)`` float64, input pixels.
+
+    Columns: x, y, w, h (centre and size), obj, class scores, keypoint x/y. Cells in the official order
+    (level, anchor, y, x). Dense and plain numpy: for parity checks, not for the per-frame path. float64
+    because keypoints reach thousands of pixels, where a float32 ulp alone is 2.4e-4 px.
+    """
+    out = []
+    k = head.num_keypoints
+    for lvl, arr in enumerate(ordered_levels(levels, head)):
+        _, na, h, w, no = arr.shape
+        with np.errstate(over="ignore"):
+            y = 1.0 / (1.0 + np.exp(-arr[0].astype(np.float64)))
+        s = float(head.strides[lvl])
+        gx = np.arange(w, dtype=np.float64)[None, None, :]
+        gy = np.arange(h, dtype=np.float64)[None, :, None]
+        aw = head.anchors[lvl, :, 0][:, None, None]
+        ah = head.anchors[lvl, :, 1][:, None, None]
+        y[..., 0] = (2.0 * y[..., 0] - 0.5 + gx) * s
+        y[..., 1] = (2.0 * y[..., 1] - 0.5 + gy) * s
+        y[..., 2] = (2.0 * y[..., 2]) ** 2 * aw
+        y[..., 3] = (2.0 * y[..., 3]) ** 2 * ah
+        kp = y[..., no - 2 * k :]
+        kp[..., 0::2] = (4.0 * kp[..., 0::2] - 2.0) * aw[..., None] + (gx * s)[..., None]
+        kp[..., 1::2] = (4.0 * kp[..., 1::2] - 2.0) * ah[..., None] + (gy * s)[..., None]
+        out.append(y.reshape(-1, no))
+    return np.concatenate(out)
+
+
+def logit_floor(p: float) -> float:
+    """A logit below which sigmoid(t) > p is impossible, with a margin for rounding (p in [0, 1])."""
+    if p <= 0.0:
+        return -math.inf
+    if p >= 1.0:
+        return math.inf
+    return math.log(p / (1.0 - p)) - (1e-6 + 1e-12 / (p * (1.0 - p)))
+
+
+@njit(cache=True, nogil=True)
+def _sigmoid(t):
+    return 1.0 / (1.0 + math.exp(-t))
+
+
+@njit(cache=True, nogil=True)
+def _to_original(v, pad, gain, limit, clip):
+    out = (v - pad) / gain
+    if clip:
+        out = min(max(out, 0.0), limit)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _scan(levels, strides, anchors, nk, pre_logit, thr_person, thr_kp):
+    """Candidate cells: obj > thr and obj * best-class score > thr (thr per best class). Returns compact
+    arrays: level, anchor, gy, gx (int64 (n, 4)), class, score and xyxy box in input pixels."""
+    cap = 0
+    for lvl in range(len(levels)):
+        cap += levels[lvl].shape[1] * levels[lvl].shape[2] * levels[lvl].shape[3]
+    where = np.empty((cap, 4), np.int64)
+    cls = np.empty(cap, np.int64)
+    score = np.empty(cap, np.float64)
+    box = np.empty((cap, 4), np.float64)
+    nc = nk + 1
+    n = 0
+    for lvl in range(len(levels)):
+        lv = levels[lvl]
+        na, hh, ww, no = lv.shape[1], lv.shape[2], lv.shape[3], lv.shape[4]
+        flat = lv.reshape((na * hh * ww, no))
+        s = strides[lvl]
+        for r in range(na * hh * ww):
+            t = flat[r, 4]
+            if not t > pre_logit:
+                continue
+            best = 0
+            best_logit = flat[r, 5]
+            for c in range(1, nc):
+                if flat[r, 5 + c] > best_logit:
+                    best = c
+                    best_logit = flat[r, 5 + c]
+            thr = thr_person if best == 0 else thr_kp
+            obj = _sigmoid(np.float64(t))
+            if not obj > thr:
+                continue
+            conf = obj * _sigmoid(np.float64(best_logit))
+            if not conf > thr:
+                continue
+            a = r // (hh * ww)
+            gy = (r // ww) % hh
+            gx = r % ww
+            cx = (2.0 * _sigmoid(np.float64(flat[r, 0])) - 0.5 + gx) * s
+            cy = (2.0 * _sigmoid(np.float64(flat[r, 1])) - 0.5 + gy) * s
+            bw = (2.0 * _sigmoid(np.float64(flat[r, 2]))) ** 2 * anchors[lvl, a, 0]
+            bh = (2.0 * _sigmoid(np.float64(flat[r, 3]))) ** 2 * anchors[lvl, a, 1]
+            where[n, 0] = lvl
+            where[n, 1] = a
+            where[n, 2] = gy
+            where[n, 3] = gx
+            cls[n] = best
+            score[n] = conf
+            box[n, 0] = cx - bw / 2.0
+            box[n, 1] = cy - bh / 2.0
+            box[n, 2] = cx + bw / 2.0
+            box[n, 3] = cy + bh / 2.0
+            n += 1
+    return where[:n], cls[:n], score[:n], box[:n]
+
+
+@njit(cache=True, nogil=True)
+def _nms_groups(
+    cls, score, box, combined, iou_person, iou_kp, conf_kp_keep, max_nms, max_det, max_wh, want_kp
+):
+    """Person and keypoint-object indices after NMS, in NMS order (the official ``run_nms``)."""
+    if combined:
+        keep = batched_nms(box, score, cls, iou_person, max_wh, max_nms, max_det)
+        persons = keep[cls[keep] == 0]
+        sel = keep[cls[keep] > 0]
+        return persons, sel[score[sel] >= conf_kp_keep]
+    idx = np.nonzero(cls == 0)[0]
+    persons = idx[batched_nms(box[idx], score[idx], cls[idx], iou_person, max_wh, max_nms, max_det)]
+    if not want_kp:
+        return persons, np.empty(0, np.int64)
+    idx = np.nonzero(cls > 0)[0]
+    kps = idx[batched_nms(box[idx], score[idx], cls[idx], iou_kp, max_wh, max_nms, max_det)]
+    return persons, kps
+
+
+@njit(cache=True, nogil=True)
+def _decode_kernel(
+    levels,
+    strides,
+    anchors,
+    nk,
+    pre_logit,
+    thr_person,
+    thr_kp,
+    combined,
+    iou_person,
+    iou_kp,
+    conf_kp_keep,
+    max_nms,
+    max_det,
+    max_wh,
+    use_kp_dets,
+    conf_kp_person,
+    overwrite_tol,
+    pad_x,
+    pad_y,
+    gain,
+    width,
+    height,
+    n_clip,
+):
+    where, cls, score, box = _scan(levels, strides, anchors, nk, pre_logit, thr_person, thr_kp)
+    persons, kpdets = _nms_groups(
+        cls, score, box, combined, iou_person, iou_kp, conf_kp_keep, max_nms, max_det, max_wh, use_kp_dets
+    )
+    n = persons.shape[0]
+    kps = np.zeros((n, nk, 3), np.float64)
+    boxes = np.empty((n, 4), np.float64)
+    scores = np.empty(n, np.float64)
+    fused = np.zeros((n, nk), np.bool_)
+    first = 5 + nk + 1
+    for p in range(n):
+        i = persons[p]
+        lvl, a, gy, gx = where[i, 0], where[i, 1], where[i, 2], where[i, 3]
+        lv = levels[lvl]
+        s = strides[lvl]
+        aw, ah = anchors[lvl, a, 0], anchors[lvl, a, 1]
+        for k in range(nk):
+            x = (4.0 * _sigmoid(np.float64(lv[0, a, gy, gx, first + 2 * k])) - 2.0) * aw + gx * s
+            y = (4.0 * _sigmoid(np.float64(lv[0, a, gy, gx, first + 2 * k + 1])) - 2.0) * ah + gy * s
+            kps[p, k, 0] = _to_original(x, pad_x, gain, width, k < n_clip)
+            kps[p, k, 1] = _to_original(y, pad_y, gain, height, k < n_clip)
+        boxes[p, 0] = _to_original(box[i, 0], pad_x, gain, width, True)
+        boxes[p, 1] = _to_original(box[i, 1], pad_y, gain, height, True)
+        boxes[p, 2] = _to_original(box[i, 2], pad_x, gain, width, True)
+        boxes[p, 3] = _to_original(box[i, 3], pad_y, gain, height, True)
+        scores[p] = score[i]
+
+    # Fusion (KAPAO Algorithm 1, as post_process_batch): each keypoint object, in NMS order, moves the
+    # nearest same-type keypoint of a confident person onto its box centre when it beats that keypoint's
+    # score and lies within overwrite_tol. Later objects see the moved keypoints and raised scores.
+    eligible = np.nonzero(scores > conf_kp_person)[0]
+    if use_kp_dets and eligible.shape[0] > 0:
+        for d in range(kpdets.shape[0]):
+            j = kpdets[d]
+            k = cls[j] - 1
+            cx = (
+                _to_original(box[j, 0], pad_x, gain, width, True)
+                + _to_original(box[j, 2], pad_x, gain, width, True)
+            ) / 2.0
+            cy = (
+                _to_original(box[j, 1], pad_y, gain, height, True)
+                + _to_original(box[j, 3], pad_y, gain, height, True)
+            ) / 2.0
+            best = -1
+            best_d = np.inf
+            for e in range(eligible.shape[0]):
+                p = eligible[e]
+                dx = kps[p, k, 0] - cx
+                dy = kps[p, k, 1] - cy
+                dist = math.sqrt(dx * dx + dy * dy)
+                if best < 0 or dist < best_d:
+                    best = p
+                    best_d = dist
+            if score[j] > kps[best, k, 2] and best_d < overwrite_tol:
+                kps[best, k, 0] = cx
+                kps[best, k, 1] = cy
+                kps[best, k, 2] = score[j]
+                fused[best, k] = True
+    return kps.astype(np.float32), scores.astype(np.float32), boxes.astype(np.float32), fused
+
+
+def decode(outputs: LevelOutputs, meta: LetterboxMeta, params: KapaoParams, head: KapaoHead) -> Poses:
+    """Raw KAPAO head outputs of one image -> ``Poses`` in original-image pixels, in NMS order."""
+    levels = ordered_levels(outputs, head)
+    combined = params.combined_nms
+    thr_kp = params.conf if combined else params.conf_kp
+    kps, scores, boxes, fused = _decode_kernel(
+        levels,
+        head._strides_f64,
+        head.anchors,
+        head.num_keypoints,
+        logit_floor(min(params.conf, thr_kp)),
+        params.conf,
+        thr_kp,
+        combined,
+        params.iou,
+        params.iou_kp,
+        params.conf_kp,
+        params.max_nms,
+        params.max_det,
+        params.max_wh,
+        params.use_kp_dets,
+        params.conf_kp_person,
+        params.overwrite_tol,
+        float(meta.pad[0]),
+        float(meta.pad[1]),
+        float(meta.gain),
+        float(meta.original_size[0]),
+        float(meta.original_size[1]),
+        params.clip_count(head.num_keypoints),
+    )
+    return Poses(kps, scores, boxes, fused)
+
+
+def warmup(head: KapaoHead) -> None:
+    """Compile (or load from numba's cache) every kernel for this head, so the first frame is not a JIT."""
+    levels = []
+    for _ in range(head.nl):
+        lv = np.full((1, head.na, 2, 2, head.no), -8.0, np.float32)
+        lv[0, :, 0, 0, 4] = 8.0  # one confident cell per anchor: person, then keypoint objects
+        for a in range(head.na):
+            lv[0, a, 0, 0, 5 + a % head.nc] = 8.0
+        lv[..., :4] = 0.0
+        lv[..., 5 + head.nc :] = 0.0
+        levels.append(lv)
+    side = 2 * max(head.strides)
+    meta = LetterboxMeta(1.0, (0.0, 0.0), (side, side), (side, side))
+    for params in PRESETS.values():
+        decode(levels, meta, params, head)
