@@ -1,0 +1,153 @@
+"""OKS average precision with pycocotools, for any skeleton.
+
+``evaluate_results`` scores COCO keypoint results against annotations; ``evaluate`` runs a predictor
+over an annotated image folder first. The OKS sigmas are passed in, so CrowdPose-14 or a user's
+skeleton is scored with its own constants rather than COCO's 17.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from edgepose.data.coco import check_images, load_keypoint_annotations, validate_keypoint_annotations
+from edgepose.errors import DataError
+from edgepose.poses import Poses
+from edgepose.preprocess import read_image
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR")
+_STAT_INDEX = (0, 1, 2, 3, 4, 5)  # positions in COCOeval.stats for keypoints
+
+
+def _load(annotations: str | Path | dict, num_keypoints: int | None) -> dict:
+    if isinstance(annotations, dict):
+        return validate_keypoint_annotations(annotations, num_keypoints)
+    return load_keypoint_annotations(annotations, num_keypoints)
+
+
+def _check_results(results: Iterable[dict], k: int, image_ids: set) -> list[dict]:
+    """Copies of ``results`` that pycocotools can read (it adds fields to what it is given)."""
+    out = []
+    for r in results:
+        if not isinstance(r, dict) or "image_id" not in r or "keypoints" not in r:
+            raise DataError("each result must be a dict with 'image_id', 'keypoints' and 'score'")
+        kp = [float(v) for v in r["keypoints"]]
+        if len(kp) != 3 * k:
+            raise DataError(f"a result has {len(kp) // 3} keypoints but the skeleton has {k}")
+        if not all(math.isfinite(v) for v in kp):
+            raise DataError(f"a result for image {r['image_id']} has non-finite keypoint coordinates")
+        if r["image_id"] not in image_ids:
+            raise DataError(f"a result names image_id {r['image_id']}, which is not in the annotations")
+        item = {
+            "image_id": r["image_id"],
+            "category_id": int(r.get("category_id", 1)),
+            "keypoints": kp,
+            "score": float(r.get("score", 1.0)),
+        }
+        if "bbox" in r:
+            item["bbox"] = [float(v) for v in r["bbox"]]
+        out.append(item)
+    if any("bbox" not in r for r in out):  # pycocotools picks one code path for all results by the first
+        for r in out:
+            r.pop("bbox", None)
+    return out
+
+
+def evaluate_results(
+    annotations: str | Path | dict,
+    results: list[dict],
+    sigmas: np.ndarray,
+    image_ids: Iterable[int] | None = None,
+    verbose: bool = False,
+) -> dict[str, float]:
+    """COCO keypoint AP, AP50, AP75, APM, APL and AR (0-1) of ``results`` against ``annotations``.
+
+    ``image_ids`` restricts the evaluation to those images. No results gives all zeros; an area
+    range without any ground truth (pycocotools' -1) is reported as 0.0.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    if sig.size == 0 or not np.all(sig > 0):
+        raise DataError("OKS sigmas must be a non-empty list of positive numbers")
+    data = _load(annotations, sig.size)
+    all_ids = {img["id"] for img in data["images"]}
+    dets = _check_results(results, sig.size, all_ids)
+    ids = None
+    if image_ids is not None:
+        ids = sorted({int(i) for i in image_ids})
+        unknown = [i for i in ids if i not in all_ids]
+        if unknown:
+            raise DataError(f"image_ids names {unknown[0]}, which is not in the annotations")
+        keep = set(ids)
+        dets = [d for d in dets if d["image_id"] in keep]
+    if not dets:
+        return dict.fromkeys(STAT_NAMES, 0.0)
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        gt = COCO()
+        gt.dataset = data
+        gt.createIndex()
+        dt = gt.loadRes(dets)
+        ev = COCOeval(gt, dt, "keypoints")
+        ev.params.kpt_oks_sigmas = sig
+        if ids is not None:
+            ev.params.imgIds = ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {name: max(0.0, float(ev.stats[i])) for name, i in zip(STAT_NAMES, _STAT_INDEX)}
+
+
+def ground_truth_as_results(annotations: str | Path | dict) -> list[dict]:
+    """Every non-crowd ground-truth person with labelled keypoints as a result with score 1.0."""
+    data = _load(annotations, None)
+    out = []
+    for ann in data["annotations"]:
+        if ann.get("iscrowd", 0) or ann.get("num_keypoints", 0) == 0:
+            continue
+        kp = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
+        kp[:, 2] = kp[:, 2] > 0
+        out.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann.get("category_id", 1),
+                "keypoints": [float(v) for v in kp.reshape(-1)],
+                "score": 1.0,
+            }
+        )
+    return out
+
+
+def evaluate(
+    predict: Callable[[np.ndarray], Poses],
+    annotations: str | Path | dict,
+    images_dir: str | Path,
+    sigmas: np.ndarray,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Run ``predict`` (BGR image -> ``Poses``) on every annotated image and score it with OKS AP."""
+    sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    data = _load(annotations, sig.size)
+    paths = check_images(data, images_dir)
+    items: Iterable = list(zip(data["images"], paths))
+    if progress:
+        from rich.progress import track
+
+        items = track(items, description="evaluating", total=len(paths))
+    results: list[dict] = []
+    for entry, path in items:
+        poses = predict(read_image(path))
+        if len(poses) and poses.num_keypoints != sig.size:
+            raise DataError(
+                f"the model predicts {poses.num_keypoints} keypoints but the annotations have {sig.size}; "
+                "evaluate against annotations of the model's skeleton"
+            )
+        results.extend(poses.to_coco_results(entry["id"]))
+    return evaluate_results(data, results, sig)
