@@ -6,9 +6,19 @@ Imports are lazy so that ``import edgepose`` (and the CLI's ``--help``) stay ins
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from edgepose.version import __version__
+
+# In a source checkout whose root is on sys.path (``python -m pytest`` from the repo), Python finds this
+# folder before any installed copy; map the top-level export/, runtimes/ and calibration/ folders into
+# the namespace, as pyproject's package-dir does for installs.
+_checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_checkout, "pyproject.toml")) and os.path.isfile(
+    os.path.join(_checkout, "runtimes", "base.py")
+):
+    __path__.append(_checkout)  # noqa: F821 - __path__ exists in a package's __init__
 
 if TYPE_CHECKING:
     from edgepose.estimator import PoseEstimator

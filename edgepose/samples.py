@@ -6,7 +6,6 @@ of random weights, and the real pixels every parity check runs on.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ from edgepose.preprocess import IMAGE_SUFFIXES, read_image
 
 
 def assets_dir() -> Path:
-    return Path(str(resources.files("edgepose") / "assets"))
+    # The package is always installed as files (never zipped), so the folder beside this module is it.
+    return Path(__file__).resolve().parent / "assets"
 
 
 def sample_image_paths() -> list[Path]:

@@ -495,3 +495,46 @@ def warmup(head: KapaoHead) -> None:
     meta = LetterboxMeta(1.0, (0.0, 0.0), (side, side), (side, side))
     for params in PRESETS.values():
         decode(levels, meta, params, head)
+
+
+# -- the decoder-module protocol (see edgepose/families.py) ----------------------------------------------
+Head = KapaoHead
+Params = KapaoParams
+
+
+def describe_outputs(head: KapaoHead) -> dict[str, str]:
+    """What each raw output holds, for the bundle manifest."""
+    k = head.num_keypoints
+    return {
+        name: f"Detect raw logits at stride {int(s)}: (1, {head.na} anchors, H, W, 5 box/obj + "
+        f"{1 + k} classes + {2 * k} keypoint coords)"
+        for name, s in zip(head.output_names, head.strides)
+    }
+
+
+def decoded_difference(
+    reference: LevelOutputs,
+    candidate: LevelOutputs,
+    head: KapaoHead,
+    params: KapaoParams,
+    min_cells: int = 100,
+) -> dict[str, float | int]:
+    """Largest box/keypoint difference (input pixels) between two raw outputs, over confident cells.
+
+    Cells are those whose reference score (obj x best class) passes ``params.conf``; a randomly
+    initialised network may have none, so the ``min_cells`` highest-scoring cells are always included
+    and the manifest says how many were compared.
+    """
+    ref = decode_grid(reference, head)
+    cand = decode_grid(candidate, head)
+    nc = head.nc
+    score = ref[:, 4] * ref[:, 5 : 5 + nc].max(axis=1)
+    passing = np.flatnonzero(score > params.conf)
+    cells = np.union1d(passing, np.argsort(-score)[:min_cells])
+    cols = np.r_[0:4, 5 + nc : ref.shape[1]]
+    diff = np.abs(ref[np.ix_(cells, cols)] - cand[np.ix_(cells, cols)])
+    return {
+        "decoded_max_px": float(diff.max()) if diff.size else 0.0,
+        "decoded_cells": int(len(cells)),
+        "decoded_cells_over_threshold": int(len(passing)),
+    }

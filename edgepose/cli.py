@@ -1,0 +1,163 @@
+"""The ``edgepose`` command line. Heavy imports live inside the commands so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgepose.errors import EdgeposeError
+
+app = typer.Typer(
+    help="Multi-person pose estimation on edge hardware: export, quantize, run and benchmark.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _log(msg: str) -> None:
+    _console().print(f"[dim]{msg}[/dim]")
+
+
+@app.command()
+def models() -> None:
+    """List the model zoo: name, family, keypoints, default input, params, GFLOPs, weights."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgepose.models.zoo import ZOO
+
+    table = Table(title="edgepose model zoo")
+    for col in ("name", "family", "keypoints", "default input", "params (M)", "GFLOPs", "weights"):
+        table.add_column(col)
+    for info in ZOO.values():
+        w, h = info.default_imgsz
+        table.add_row(
+            info.name,
+            info.family,
+            str(info.num_keypoints),
+            f"{w}x{h}",
+            f"{info.params / 1e6:.2f}",
+            f"{info.gflops:.1f}",
+            info.weights,
+        )
+    Console().print(table)
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="zoo name (see `edgepose models`) or a checkpoint path")],
+    target: Annotated[str, typer.Option(help="cpu | openvino | jetson")] = "cpu",
+    weights: Annotated[
+        Path | None, typer.Option(help="checkpoint to load (official or edgepose format)")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="zoo architecture of a plain state-dict checkpoint")
+    ] = None,
+    random_weights: Annotated[
+        bool, typer.Option("--random-weights", help="seeded random weights, for latency work")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="seed for --random-weights")] = 0,
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
+    imgsz: Annotated[str | None, typer.Option(help="input size N or WxH, e.g. 640 or 640x384")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="bundle folder to write")] = None,
+    skeleton: Annotated[str | None, typer.Option(help="coco-17 | crowdpose-14 | skeleton.json")] = None,
+    simplify: Annotated[bool, typer.Option(help="simplify the ONNX graph with onnxslim")] = True,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing bundle folder")] = False,
+) -> None:
+    """Export MODEL to a deployment bundle for --target (parity against torch is checked and recorded)."""
+    from edgepose.export.pipeline import ExportOptions, export_model
+
+    bundle = export_model(
+        ExportOptions(
+            model=model,
+            target=target,
+            weights=weights,
+            arch=arch,
+            random_weights=random_weights,
+            seed=seed,
+            precision=precision,
+            imgsz=imgsz,
+            output=output,
+            skeleton=skeleton,
+            simplify=simplify,
+            overwrite=overwrite,
+        ),
+        log=_log,
+    )
+    typer.echo(str(bundle.path))
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    source: Annotated[Path, typer.Argument(help="image, folder of images, or video file")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="folder for annotated images and predictions.json")
+    ] = Path("edgepose-out"),
+    preset: Annotated[str, typer.Option(help="decoder preset: realtime | accuracy")] = "realtime",
+    runtime: Annotated[str | None, typer.Option(help="override the bundle's runtime")] = None,
+    device: Annotated[str | None, typer.Option(help="runtime device (cpu, cuda, GPU, NPU, ...)")] = None,
+    boxes: Annotated[bool, typer.Option("--boxes", help="also draw person boxes")] = False,
+    conf: Annotated[
+        float | None, typer.Option(help="override the preset's person confidence threshold")
+    ] = None,
+) -> None:
+    """Run BUNDLE on SOURCE: write annotated images (or video) and one COCO-style predictions.json."""
+    from edgepose.predict import run_predict
+
+    overrides = {"conf": conf} if conf is not None else {}
+    summary = run_predict(
+        bundle,
+        source,
+        output,
+        preset=preset,
+        runtime=runtime,
+        device=device,
+        draw_boxes=boxes,
+        overrides=overrides,
+        log=_log,
+    )
+    typer.echo(f"{summary['images']} image(s), {summary['poses']} pose(s) -> {summary['output']}")
+
+
+@app.command()
+def doctor() -> None:
+    """Which runtimes, devices and accelerators this machine has."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgepose.doctor import collect
+
+    report = collect()
+    table = Table(title="edgepose doctor", show_header=True)
+    table.add_column("component")
+    table.add_column("status")
+    for name, status in report:
+        table.add_row(name, status)
+    Console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and a non-zero exit code."""
+    try:
+        app()
+    except EdgeposeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

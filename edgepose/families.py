@@ -1,0 +1,106 @@
+"""Model families, seen from the deployment side: how a manifest's decoder section becomes a decoder.
+
+Every family has a decoder module ``edgepose.decoders.<family>`` with the same small protocol:
+
+- ``Head``: the head constants (``from_dict``/``to_dict``, ``output_names``), stored in the manifest;
+- ``Params`` (``from_dict``/``to_dict``/``replace``) and ``PRESETS`` (``accuracy`` and ``realtime``);
+- ``decode(outputs, meta, params, head) -> Poses`` and ``warmup(head)``;
+- ``describe_outputs(head) -> {name: meaning}`` for the manifest;
+- ``decoded_difference(reference, candidate, head, params) -> {"decoded_max_px", ...}`` for parity.
+
+Nothing here imports torch or a runtime: a device running a bundle only needs numpy and numba.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from edgepose.errors import BundleError, UsageError
+from edgepose.poses import Poses
+from edgepose.preprocess import LetterboxMeta
+
+Outputs = Mapping[str, np.ndarray]
+
+#: family name -> decoder module
+FAMILIES: dict[str, str] = {
+    "kapao": "edgepose.decoders.kapao",
+    "dekr": "edgepose.decoders.dekr",
+    "sahr": "edgepose.decoders.sahr",
+}
+
+
+def decoder_module(family: str) -> ModuleType:
+    if family not in FAMILIES:
+        raise BundleError(
+            f"model family '{family}' is unknown to this edgepose (known: {', '.join(FAMILIES)})"
+        )
+    try:
+        return importlib.import_module(FAMILIES[family])
+    except ModuleNotFoundError as e:
+        raise BundleError(f"this edgepose has no decoder for the '{family}' family yet") from e
+
+
+@dataclass
+class Decoder:
+    """A family's decode function with its head constants and chosen parameters bound."""
+
+    family: str
+    preset: str
+    params: Any
+    head: Any
+    _module: ModuleType
+
+    def __call__(self, outputs: Outputs, meta: LetterboxMeta) -> Poses:
+        return self._module.decode(outputs, meta, self.params, self.head)
+
+    def warmup(self) -> None:
+        """Compile (or load from numba's cache) every kernel now, so the first frame is not a JIT compile."""
+        self._module.warmup(self.head)
+
+
+def decoder_config(family: str, head_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's ``decoder`` section: head constants and every preset's parameters."""
+    mod = decoder_module(family)
+    head = mod.Head.from_dict(dict(head_spec))
+    return {
+        "family": family,
+        "head": head.to_dict(),
+        "presets": {name: p.to_dict() for name, p in mod.PRESETS.items()},
+        "default_preset": "realtime",
+        "eval_preset": "accuracy",
+    }
+
+
+def describe_outputs(cfg: Mapping[str, Any]) -> dict[str, str]:
+    mod = decoder_module(cfg["family"])
+    return mod.describe_outputs(mod.Head.from_dict(cfg["head"]))
+
+
+def make_decoder(
+    cfg: Mapping[str, Any], preset: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> Decoder:
+    """The decoder a manifest describes, with ``preset`` (default: the manifest's) and parameter overrides."""
+    family = cfg.get("family")
+    mod = decoder_module(str(family))
+    preset = preset or cfg.get("default_preset", "realtime")
+    presets = cfg.get("presets", {})
+    if preset not in presets:
+        raise UsageError(f"unknown preset '{preset}'; this bundle has: {', '.join(presets)}")
+    params = mod.Params.from_dict(presets[preset])
+    if overrides:
+        params = params.replace(**dict(overrides))
+    return Decoder(str(family), preset, params, mod.Head.from_dict(cfg["head"]), mod)
+
+
+def decoded_difference_fn(
+    cfg: Mapping[str, Any], preset: str = "realtime"
+) -> Callable[[Outputs, Outputs], dict]:
+    """``(reference, candidate) -> {"decoded_max_px", ...}`` for the parity check of ``cfg``'s family."""
+    dec = make_decoder(cfg, preset)
+    return lambda ref, got: dec._module.decoded_difference(ref, got, dec.head, dec.params)

@@ -1,0 +1,258 @@
+"""``export_model``: resolve a model and its weights, export, check parity, write the bundle.
+
+This is what ``edgepose export`` runs. Targets plug in through ``TARGETS``: each turns the verified FP32
+ONNX into its own artifacts and says which runtime runs them.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from edgepose.export.parity import check_parity, measure_parity
+from edgepose.export.random_init import randomize_weights
+from edgepose.export.torch2onnx import DEFAULT_OPSET, torch_to_onnx
+from edgepose.runtimes.base import create_runtime
+
+from edgepose.bundle import Bundle, sha256_file, write_bundle
+from edgepose.errors import UsageError
+from edgepose.families import decoded_difference_fn, decoder_config, describe_outputs
+from edgepose.preprocess import parse_imgsz
+from edgepose.samples import sample_images
+from edgepose.skeletons import COCO_17, CROWDPOSE_14, Skeleton
+from edgepose.version import __version__
+
+TARGETS = ("cpu", "openvino", "jetson")
+PRECISIONS = ("fp32", "fp16", "int8")
+#: precisions each target can produce today
+SUPPORTED = {"cpu": ("fp32",)}
+
+
+@dataclass
+class ExportOptions:
+    model: str
+    target: str = "cpu"
+    weights: Path | None = None
+    arch: str | None = None
+    random_weights: bool = False
+    seed: int = 0
+    precision: str = "fp32"
+    imgsz: str | None = None
+    output: Path | None = None
+    simplify: bool = True
+    opset: int = DEFAULT_OPSET
+    skeleton: str | None = None
+    overwrite: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ResolvedModel:
+    module: torch.nn.Module
+    name: str
+    family: str
+    weights: dict[str, Any]
+
+
+def _check_options(opts: ExportOptions) -> None:
+    if opts.target not in TARGETS:
+        raise UsageError(f"unknown target '{opts.target}'; use one of {', '.join(TARGETS)}")
+    if opts.precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{opts.precision}'; use one of {', '.join(PRECISIONS)}")
+    supported = SUPPORTED.get(opts.target, ())
+    if opts.precision not in supported:
+        raise UsageError(
+            f"--target {opts.target} --precision {opts.precision} is not supported by this edgepose "
+            f"(supported: {', '.join(f'{t}/{p}' for t, ps in SUPPORTED.items() for p in ps)})"
+        )
+    if opts.weights is not None and opts.random_weights:
+        raise UsageError("--weights and --random-weights exclude each other; choose one")
+
+
+def resolve_model(
+    opts: ExportOptions, calib_images: list, input_size: tuple[int, int] | None
+) -> ResolvedModel:
+    """Build the torch model with the weights the options ask for, refusing silent random weights."""
+    from edgepose.models.checkpoints import load_checkpoint
+    from edgepose.models.zoo import ZOO, build_model, get_model_info, shipped_weights_path
+
+    as_path = Path(opts.model)
+    if opts.model not in ZOO and (as_path.suffix in (".pt", ".pth") or as_path.exists()):
+        module, info = load_checkpoint(as_path, arch=opts.arch)
+        return ResolvedModel(
+            module,
+            info.get("name") or as_path.stem,
+            info.get("family", "kapao"),
+            {"source": str(as_path), "sha256": info["sha256"], "format": info.get("format")},
+        )
+    info = get_model_info(opts.model)
+    if opts.weights is not None:
+        module, ck = load_checkpoint(opts.weights, arch=info.name)
+        return ResolvedModel(
+            module,
+            info.name,
+            info.family,
+            {"source": str(opts.weights), "sha256": ck["sha256"], "format": ck.get("format")},
+        )
+    if opts.random_weights:
+        module = build_model(info.name)
+        size = input_size or tuple(info.default_imgsz)
+        randomize_weights(module, calib_images, size, seed=opts.seed)
+        return ResolvedModel(
+            module,
+            info.name,
+            info.family,
+            {"source": f"random (seed {opts.seed}, BatchNorm statistics from sample images)", "sha256": None},
+        )
+    shipped = shipped_weights_path(info.name)
+    if shipped is None:
+        raise UsageError(
+            f"{info.name} has no weights shipped with edgepose: pass --weights CKPT "
+            f"(official weights: {info.weights}) or --random-weights for latency work"
+        )
+    module, ck = load_checkpoint(shipped, arch=info.name)
+    return ResolvedModel(
+        module,
+        info.name,
+        info.family,
+        {"source": f"shipped: {shipped.name}", "sha256": ck["sha256"], "format": ck.get("format")},
+    )
+
+
+def _skeleton_for(num_keypoints: int, requested: str | None) -> Skeleton:
+    from edgepose.skeletons import get_skeleton
+
+    if requested:
+        sk = get_skeleton(requested)
+        if sk.num_keypoints != num_keypoints:
+            raise UsageError(
+                f"skeleton {sk.name} has {sk.num_keypoints} keypoints but the model has {num_keypoints}"
+            )
+        return sk
+    for sk in (COCO_17, CROWDPOSE_14):
+        if sk.num_keypoints == num_keypoints:
+            return sk
+    raise UsageError(f"the model has {num_keypoints} keypoints: pass --skeleton FILE.json describing them")
+
+
+def default_output(opts: ExportOptions, size: tuple[int, int]) -> Path:
+    w, h = size
+    imgsz = f"{w}" if w == h else f"{w}x{h}"
+    return Path("bundles") / f"{Path(opts.model).stem}-{opts.target}-{opts.precision}-{imgsz}"
+
+
+def export_model(opts: ExportOptions, log=print) -> Bundle:
+    """Run the whole export; returns the written bundle. Nothing is written when any step fails."""
+    _check_options(opts)
+    images = sample_images(limit=4)
+    requested_size = None
+    if opts.imgsz is not None:
+        requested_size = parse_imgsz(opts.imgsz)
+    resolved = resolve_model(opts, images, requested_size)
+    model = resolved.module.float().eval()
+    head = model.head_spec()
+    max_stride = int(head.get("input_multiple") or max(head["strides"]))
+    if requested_size is not None:
+        size = parse_imgsz(opts.imgsz, stride=max_stride)
+    else:
+        from edgepose.models.zoo import ZOO
+
+        default = ZOO[resolved.name].default_imgsz if resolved.name in ZOO else (640, 640)
+        size = parse_imgsz(tuple(default), stride=max_stride)
+    skeleton = _skeleton_for(int(head["num_keypoints"]), opts.skeleton)
+    output = Path(opts.output) if opts.output else default_output(opts, size)
+    if output.exists() and any(output.iterdir()) and not opts.overwrite:
+        raise UsageError(f"output {output} already exists; choose another --output or pass --overwrite")
+    output_names = list(head["output_names"])
+    decoder_cfg = decoder_config(resolved.family, head)
+
+    with tempfile.TemporaryDirectory(prefix="edgepose-export-") as tmpdir:
+        onnx_path = Path(tmpdir) / "model.onnx"
+        log(f"exporting {resolved.name} at {size[0]}x{size[1]} to ONNX (opset {opts.opset})")
+        export_model_copy = _fused_copy(model)
+        torch_to_onnx(
+            export_model_copy,
+            size,
+            onnx_path,
+            output_names,
+            opset=opts.opset,
+            simplify=opts.simplify,
+            metadata={
+                "edgepose_version": __version__,
+                "model": resolved.name,
+                "family": resolved.family,
+                "skeleton": skeleton.name,
+                "head": head,
+            },
+        )
+        runtime = create_runtime("onnxruntime", onnx_path)
+        with runtime:
+            parity = measure_parity(
+                model,
+                runtime,
+                images,
+                size,
+                "images",
+                output_names,
+                decoded_diff=decoded_difference_fn(decoder_cfg),
+            )
+            runtime_info = {"name": "onnxruntime", "version": runtime.version()}
+        check_parity(parity, size)
+        log(
+            f"parity vs torch: max_rel_diff={parity['max_rel_diff']:.2e}, "
+            f"decoded_max_px={parity['decoded_max_px']:.2e} over {parity['decoded_cells']} cells"
+        )
+        manifest = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": {
+                "name": resolved.name,
+                "family": resolved.family,
+                "num_keypoints": skeleton.num_keypoints,
+                "skeleton": skeleton.to_dict(),
+                "weights": resolved.weights["source"],
+                "checkpoint_sha256": resolved.weights["sha256"],
+            },
+            "input": {
+                "name": "images",
+                "shape": [1, 3, size[1], size[0]],
+                "dtype": "float32",
+                "layout": "NCHW",
+                "color": "RGB",
+                "scale": 1 / 255,
+                "mean": [0.0, 0.0, 0.0],
+                "std": [1.0, 1.0, 1.0],
+                "resize": "letterbox",
+                "pad_value": 114,
+            },
+            "outputs": [{"name": n, "meaning": m} for n, m in describe_outputs(decoder_cfg).items()],
+            "float_outputs": output_names,
+            "decoder": decoder_cfg,
+            "target": opts.target,
+            "precision": opts.precision,
+            "runtime": runtime_info,
+            "export": {
+                "opset": opts.opset,
+                "simplified": opts.simplify,
+                "torch": torch.__version__,
+                "host": platform.node() or "unknown",
+                "python": platform.python_version(),
+            },
+            "calibration": None,
+            "parity": parity,
+        }
+        bundle = write_bundle(output, manifest, {"model": onnx_path}, overwrite=opts.overwrite)
+    log(f"bundle written to {bundle.path} ({sha256_file(bundle.artifact('model'))[:12]})")
+    return bundle
+
+
+def _fused_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A BatchNorm-folded copy for export; the unfused original stays the parity reference."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    return clone.fuse() if hasattr(clone, "fuse") else clone
