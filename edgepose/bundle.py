@@ -185,6 +185,18 @@ def update_bundle(
     return write_bundle(bundle.path, manifest, files, overwrite=True)
 
 
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file: readers never see half a file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
+
+
 def replace_dir(src: Path, dest: Path) -> None:
     """Move folder ``src`` to ``dest``, replacing ``dest`` if it exists, never leaving neither behind."""
     if dest.exists():

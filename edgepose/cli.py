@@ -131,6 +131,64 @@ def predict(
 
 
 @app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="folder to create (images/, annotations.json, video.mp4)")],
+    images: Annotated[int, typer.Option(help="number of images")] = 200,
+    seed: Annotated[int, typer.Option(help="stream seed: the same seed writes the same files")] = 0,
+    profile: Annotated[str, typer.Option(help="frozen data profile: val-v1 | train-v1")] = "val-v1",
+    video: Annotated[float, typer.Option(help="also write video.mp4 of this many seconds (30 fps)")] = 0.0,
+) -> None:
+    """Generate synthetic people with COCO keypoint annotations (and optionally a video)."""
+    from rich.progress import Progress
+
+    from edgepose.data.synthetic import generate_dataset
+
+    console = _console()
+    with Progress(transient=True, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("synthesising", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        path = generate_dataset(out, images, seed, profile, video_seconds=video, progress=progress)
+    typer.echo(str(path))
+
+
+@app.command("eval")
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    annotations: Annotated[Path, typer.Option(help="COCO keypoints annotation file")],
+    images: Annotated[Path, typer.Option(help="folder with the annotated images")],
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the figures to this JSON file")
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="decoder preset (accuracy is what AP is reported with)")
+    ] = "accuracy",
+    runtime: Annotated[str | None, typer.Option(help="override the bundle's runtime")] = None,
+    device: Annotated[str | None, typer.Option(help="runtime device")] = None,
+) -> None:
+    """OKS AP of BUNDLE on COCO-format keypoint data (pycocotools, the bundle skeleton's sigmas)."""
+    from edgepose.evaluation import run_bundle_eval
+
+    figures = run_bundle_eval(
+        bundle, annotations, images, preset=preset, runtime=runtime, device=device, progress=True
+    )
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"OKS keypoint AP: {bundle}")
+    for key in figures["metrics"]:
+        table.add_column(key)
+    table.add_row(*(f"{v:.4f}" for v in figures["metrics"].values()))
+    Console().print(table)
+    if json_out is not None:
+        from edgepose.bundle import write_json_atomic
+
+        write_json_atomic(json_out, figures)
+
+
+@app.command()
 def doctor() -> None:
     """Which runtimes, devices and accelerators this machine has."""
     from rich.console import Console

@@ -151,3 +151,38 @@ def evaluate(
             )
         results.extend(poses.to_coco_results(entry["id"]))
     return evaluate_results(data, results, sig)
+
+
+def run_bundle_eval(
+    bundle: str | Path,
+    annotations: str | Path,
+    images_dir: str | Path,
+    preset: str = "accuracy",
+    runtime: str | None = None,
+    device: str | None = None,
+    progress: bool = False,
+) -> dict:
+    """OKS AP of a bundle (what ``edgepose eval`` and the quantization gate run).
+
+    The annotations are checked against the bundle's skeleton before any inference runs.
+    """
+    from edgepose.bundle import load_bundle
+    from edgepose.estimator import PoseEstimator
+
+    b = load_bundle(bundle)
+    skeleton = b.skeleton
+    data = load_keypoint_annotations(annotations, num_keypoints=skeleton.num_keypoints)
+    with PoseEstimator(b, preset=preset, runtime=runtime, device=device) as est:
+        metrics = evaluate(est, data, images_dir, skeleton.sigmas_array, progress=progress)
+    return {
+        "metrics": metrics,
+        **metrics,
+        "bundle": str(bundle),
+        "model": b.model_name,
+        "precision": b.precision,
+        "runtime": runtime or b.runtime,
+        "preset": preset,
+        "annotations": str(annotations),
+        "images": len(data["images"]),
+        "data_info": data.get("info", {}),
+    }
