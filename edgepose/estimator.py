@@ -106,7 +106,15 @@ def load(
     preset: str = "realtime",
     runtime: str | None = None,
     device: str | None = None,
+    runtime_options: dict[str, Any] | None = None,
     **decoder_overrides: Any,
 ) -> PoseEstimator:
     """Load a bundle folder and return a ready ``PoseEstimator`` (kernels warmed, runtime open)."""
-    return PoseEstimator(bundle, preset=preset, runtime=runtime, device=device, **decoder_overrides)
+    return PoseEstimator(
+        bundle,
+        preset=preset,
+        runtime=runtime,
+        device=device,
+        runtime_options=runtime_options,
+        **decoder_overrides,
+    )
