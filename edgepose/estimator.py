@@ -22,6 +22,7 @@ from edgepose.runtimes.base import Runtime, create_runtime
 _ARTIFACT_FOR_RUNTIME = {
     "onnxruntime": ("model",),
     "openvino": ("ir", "model"),
+    "tensorrt": (),  # a plan: the one built for this GPU and TensorRT version (select_bundle_plan)
 }
 
 
@@ -33,6 +34,10 @@ def open_runtime(
     roles = _ARTIFACT_FOR_RUNTIME.get(name)
     if roles is None:
         raise BundleError(f"runtime '{name}' cannot run bundle {bundle.path} (target {bundle.target})")
+    if name == "tensorrt":
+        from edgepose.runtimes.tensorrt import select_bundle_plan
+
+        roles = (select_bundle_plan(bundle, device, **options),)
     role = next((r for r in roles if bundle.has_artifact(r)), None)
     if role is None:
         raise BundleError(

@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -105,6 +106,31 @@ class Runtime(ABC):
                 raise UsageError(
                     f"Input tensor: {name} | received shape {tuple(arr.shape)} | expected {spec.shape}"
                 )
+
+
+#: called as ``callback(outputs_by_name, userdata)`` on an engine thread, in completion order
+OutputsCallback = Callable[[dict[str, np.ndarray], Any], None]
+
+
+class AsyncQueue(Protocol):
+    """Several inferences in flight; results arrive through the queue's callback, not in order."""
+
+    requests: int
+
+    def submit(self, feeds: dict[str, np.ndarray], userdata: Any = None) -> None: ...
+
+    def wait_all(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncRuntime(Protocol):
+    """Optional ability (OpenVINO): ``rt.async_queue(callback)`` keeps ``requests`` jobs in flight.
+
+    Kept apart from ``Runtime`` so that backends without it need no stubs; test with
+    ``isinstance(rt, AsyncRuntime)``.
+    """
+
+    def async_queue(self, callback: OutputsCallback, requests: int = 0) -> AsyncQueue: ...
 
 
 # name -> (module path, class name, pip extra, importable top-level module)
