@@ -73,6 +73,7 @@ def export(
     skeleton: Annotated[str | None, typer.Option(help="coco-17 | crowdpose-14 | skeleton.json")] = None,
     simplify: Annotated[bool, typer.Option(help="simplify the ONNX graph with onnxslim")] = True,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle folder")] = False,
+    dynamic: Annotated[bool, typer.Option(help="variable input size (openvino; static is faster)")] = False,
 ) -> None:
     """Export MODEL to a deployment bundle for --target (parity against torch is checked and recorded)."""
     from edgepose.export.pipeline import ExportOptions, export_model
@@ -91,10 +92,33 @@ def export(
             skeleton=skeleton,
             simplify=simplify,
             overwrite=overwrite,
+            dynamic=dynamic,
         ),
         log=_log,
     )
     typer.echo(str(bundle.path))
+
+
+@app.command()
+def build(
+    bundle: Annotated[Path, typer.Argument(help="bundle exported with --target jetson")],
+    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | int8 (default: the bundle's)")] = None,
+    workspace: Annotated[int, typer.Option(help="builder workspace in MiB")] = 1024,
+    dla_core: Annotated[int | None, typer.Option(help="build for this DLA core (GPU fallback on)")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache file to reuse")] = None,
+) -> None:
+    """On the Jetson: build a TensorRT plan for this GPU and TensorRT version and add it to BUNDLE."""
+    from edgepose.export.onnx2tensorrt import build_bundle_plan
+
+    out = build_bundle_plan(
+        bundle,
+        precision=precision,
+        workspace_mib=workspace,
+        dla_core=dla_core,
+        timing_cache=timing_cache,
+        log=_log,
+    )
+    typer.echo(str(out.path))
 
 
 @app.command()

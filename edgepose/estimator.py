@@ -44,6 +44,9 @@ def open_runtime(
             f"bundle {bundle.path} (target {bundle.target}) has no artifact that {name} runs; "
             f"re-export it with the right --target"
         )
+    if name in ("openvino", "tensorrt"):
+        # Precision is explicit, never implied: these runtimes pin it from the bundle's.
+        options.setdefault("precision", bundle.precision)
     return create_runtime(name, bundle.artifact(role), device=device, **options)
 
 

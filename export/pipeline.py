@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from edgepose.export.parity import check_parity, measure_parity
 from edgepose.export.random_init import randomize_weights
+from edgepose.export.targets import SUPPORTED, TARGETS, ExportContext
 from edgepose.export.torch2onnx import DEFAULT_OPSET, torch_to_onnx
 from edgepose.runtimes.base import create_runtime
 
@@ -27,10 +28,7 @@ from edgepose.samples import sample_images
 from edgepose.skeletons import COCO_17, CROWDPOSE_14, Skeleton
 from edgepose.version import __version__
 
-TARGETS = ("cpu", "openvino", "jetson")
 PRECISIONS = ("fp32", "fp16", "int8")
-#: precisions each target can produce today
-SUPPORTED = {"cpu": ("fp32",)}
 
 
 @dataclass
@@ -48,6 +46,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     skeleton: str | None = None
     overwrite: bool = False
+    dynamic: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,6 +71,8 @@ def _check_options(opts: ExportOptions) -> None:
         )
     if opts.weights is not None and opts.random_weights:
         raise UsageError("--weights and --random-weights exclude each other; choose one")
+    if opts.dynamic and opts.target != "openvino":
+        raise UsageError("--dynamic input sizes are supported for --target openvino only")
 
 
 def resolve_model(
@@ -190,8 +191,7 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
                 "head": head,
             },
         )
-        runtime = create_runtime("onnxruntime", onnx_path)
-        with runtime:
+        with create_runtime("onnxruntime", onnx_path) as runtime:
             parity = measure_parity(
                 model,
                 runtime,
@@ -201,12 +201,28 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
                 output_names,
                 decoded_diff=decoded_difference_fn(decoder_cfg),
             )
-            runtime_info = {"name": "onnxruntime", "version": runtime.version()}
+            ort_version = runtime.version()
         check_parity(parity, size)
         log(
-            f"parity vs torch: max_rel_diff={parity['max_rel_diff']:.2e}, "
+            f"ONNX Runtime vs torch: max_rel_diff={parity['max_rel_diff']:.2e}, "
             f"decoded_max_px={parity['decoded_max_px']:.2e} over {parity['decoded_cells']} cells"
         )
+        ctx = ExportContext(
+            onnx_path=onnx_path,
+            workdir=Path(tmpdir),
+            precision=opts.precision,
+            model=model,
+            images=images,
+            input_size=size,
+            input_name="images",
+            output_names=output_names,
+            decoder_cfg=decoder_cfg,
+            onnx_parity=parity,
+            ort_version=ort_version,
+            dynamic=opts.dynamic,
+            log=log,
+        )
+        packaged = TARGETS[opts.target](ctx)
         manifest = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": {
@@ -234,7 +250,6 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
             "decoder": decoder_cfg,
             "target": opts.target,
             "precision": opts.precision,
-            "runtime": runtime_info,
             "export": {
                 "opset": opts.opset,
                 "simplified": opts.simplify,
@@ -243,10 +258,14 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
                 "python": platform.python_version(),
             },
             "calibration": None,
-            "parity": parity,
+            **packaged.manifest,
         }
-        bundle = write_bundle(output, manifest, {"model": onnx_path}, overwrite=opts.overwrite)
+        bundle = write_bundle(output, manifest, packaged.artifacts, overwrite=opts.overwrite)
     log(f"bundle written to {bundle.path} ({sha256_file(bundle.artifact('model'))[:12]})")
+    if packaged.build_plan:
+        from edgepose.export.onnx2tensorrt import build_bundle_plan
+
+        bundle = build_bundle_plan(bundle, log=log)
     return bundle
 
 
