@@ -33,8 +33,9 @@ steady = []
 for _ in range(10):
     s = time.perf_counter(); est(img); steady.append(time.perf_counter() - s)
 steady.sort()
-print(json.dumps({"import_ms": 1e3 * (t1 - t0), "load_ms": 1e3 * (t2 - t1), "first_frame_ms": 1e3 * (t3 - t2),
-                  "steady_frame_ms": 1e3 * steady[len(steady) // 2], "torch_imported": "torch" in sys.modules}))
+print(json.dumps({"import_ms": 1e3 * (t1 - t0), "load_ms": 1e3 * (t2 - t1),
+                  "first_frame_ms": 1e3 * (t3 - t2), "steady_frame_ms": 1e3 * steady[len(steady) // 2],
+                  "torch_imported": "torch" in sys.modules}))
 """
 
 
@@ -59,11 +60,13 @@ def main() -> None:
         bundle = args.bundle
         if bundle is None:
             from edgepose.export.pipeline import ExportOptions, export_model
+
             from edgepose.models.zoo import shipped_weights_path
 
             bundle = Path(tmp) / "bundle"
             random = shipped_weights_path(args.model) is None
-            export_model(ExportOptions(model=args.model, random_weights=random, output=bundle), log=lambda m: None)
+            opts = ExportOptions(model=args.model, random_weights=random, output=bundle)
+            export_model(opts, log=lambda m: None)
         _help_seconds()
         helps = [_help_seconds() for _ in range(args.repeats)]
         cmd = [sys.executable, "-c", PROBE, str(bundle), image]

@@ -153,7 +153,7 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
     images = sample_images(limit=4)
     requested_size = None
     if opts.imgsz is not None:
-        requested_size = parse_imgsz(opts.imgsz)
+        requested_size = parse_imgsz(opts.imgsz, stride=1)  # the model's own multiple is checked below
     resolved = resolve_model(opts, images, requested_size)
     model = resolved.module.float().eval()
     head = model.head_spec()

@@ -302,6 +302,12 @@ def _from_state_dict(obj: Any, arch: str | None, p: Path) -> tuple[nn.Module, di
         raise CheckpointError(
             f"checkpoint '{p}' is in an unknown format (not an official KAPAO, edgepose or state-dict file)"
         )
+    from edgepose.models import dekr_checkpoints  # lazy: it imports this module
+
+    dekr_state = {_strip_module(k): v for k, v in state.items()}
+    if dekr_checkpoints.is_dekr_state(dekr_state) or (arch in ZOO and ZOO[arch].family == "dekr"):
+        # DEKR state dicts describe their architecture (width, depth, keypoints) in their shapes
+        return dekr_checkpoints.load_dekr_state(dekr_state, arch, str(p))
     if arch is None:
         raise CheckpointError(
             f"checkpoint '{p}' is a plain state dict; name its architecture (e.g. --arch kapao-s)"
