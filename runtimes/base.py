@@ -133,11 +133,16 @@ class AsyncRuntime(Protocol):
     def async_queue(self, callback: OutputsCallback, requests: int = 0) -> AsyncQueue: ...
 
 
-# name -> (module path, class name, pip extra, importable top-level module)
+# name -> (module path, class name, how to install it, importable top-level module)
 RUNTIMES: dict[str, tuple[str, str, str, str]] = {
     "onnxruntime": ("edgepose.runtimes.onnxruntime", "OnnxRuntime", "edgepose", "onnxruntime"),
     "openvino": ("edgepose.runtimes.openvino", "OpenVinoRuntime", "edgepose[openvino]", "openvino"),
-    "tensorrt": ("edgepose.runtimes.tensorrt", "TensorRtRuntime", "edgepose[jetson]", "tensorrt"),
+    "tensorrt": (
+        "edgepose.runtimes.tensorrt",
+        "TensorRtRuntime",
+        "TensorRT from JetPack or NVIDIA's packages, then pip install 'edgepose[jetson]' for pycuda",
+        "tensorrt",
+    ),
 }
 
 
@@ -147,7 +152,8 @@ def get_runtime(name: str) -> type[Runtime]:
         raise UsageError(f"unknown runtime '{name}'; known runtimes: {', '.join(RUNTIMES)}")
     module_path, cls_name, extra, top = RUNTIMES[name]
     if importlib.util.find_spec(top) is None:
-        raise RuntimeUnavailable(f"runtime '{name}' is not installed on this machine: pip install '{extra}'")
+        how = extra if " " in extra else f"pip install '{extra}'"
+        raise RuntimeUnavailable(f"runtime '{name}' is not installed on this machine: {how}")
     try:
         module = importlib.import_module(module_path)
     except ModuleNotFoundError as e:
