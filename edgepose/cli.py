@@ -180,9 +180,16 @@ def synth(
 
 @app.command("eval")
 def evaluate(
-    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     annotations: Annotated[Path, typer.Option(help="COCO keypoints annotation file")],
-    images: Annotated[Path, typer.Option(help="folder with the annotated images")],
+    bundle: Annotated[Path | None, typer.Argument(help="bundle folder (or give --results)")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="folder with the annotated images (with a bundle)")
+    ] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(help="score this results file / predictions.json instead of running a bundle"),
+    ] = None,
+    skeleton: Annotated[str, typer.Option(help="skeleton of --results (OKS sigmas)")] = "coco-17",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="write the figures to this JSON file")
     ] = None,
@@ -192,16 +199,34 @@ def evaluate(
     runtime: Annotated[str | None, typer.Option(help="override the bundle's runtime")] = None,
     device: Annotated[str | None, typer.Option(help="runtime device")] = None,
 ) -> None:
-    """OKS AP of BUNDLE on COCO-format keypoint data (pycocotools, the bundle skeleton's sigmas)."""
-    from edgepose.evaluation import run_bundle_eval
+    """OKS AP (pycocotools) of BUNDLE on COCO keypoint data, or of an existing --results file."""
+    from edgepose.errors import UsageError
 
-    figures = run_bundle_eval(
-        bundle, annotations, images, preset=preset, runtime=runtime, device=device, progress=True
-    )
+    if (bundle is None) == (results is None):
+        raise UsageError("give either a BUNDLE (with --images) or --results FILE, not both or neither")
+    if bundle is not None:
+        if images is None:
+            raise UsageError("evaluating a bundle needs --images DIR, the folder the annotations describe")
+        from edgepose.evaluation import run_bundle_eval
+
+        figures = run_bundle_eval(
+            bundle, annotations, images, preset=preset, runtime=runtime, device=device, progress=True
+        )
+        title = str(bundle)
+    else:
+        from edgepose.data.coco import load_keypoint_annotations
+        from edgepose.evaluation import evaluate_results, load_results
+        from edgepose.skeletons import get_skeleton
+
+        sk = get_skeleton(skeleton)
+        data = load_keypoint_annotations(annotations, num_keypoints=sk.num_keypoints)
+        metrics = evaluate_results(data, load_results(results, data), sk.sigmas_array)
+        figures = {"metrics": metrics, **metrics, "results": str(results), "annotations": str(annotations)}
+        title = str(results)
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"OKS keypoint AP: {bundle}")
+    table = Table(title=f"OKS keypoint AP: {title}")
     for key in figures["metrics"]:
         table.add_column(key)
     table.add_row(*(f"{v:.4f}" for v in figures["metrics"].values()))
@@ -210,58 +235,6 @@ def evaluate(
         from edgepose.bundle import write_json_atomic
 
         write_json_atomic(json_out, figures)
-
-
-@app.command()
-def train(
-    model: Annotated[str, typer.Argument(help="zoo name (random init) or a checkpoint to fine-tune")],
-    data: Annotated[str, typer.Option(help="'synthetic' or a folder of COCO keypoint data")] = "synthetic",
-    epochs: Annotated[int, typer.Option(help="epochs")] = 100,
-    imgsz: Annotated[str, typer.Option(help="training input size N or WxH")] = "384",
-    batch: Annotated[int, typer.Option(help="batch size")] = 16,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="run folder (last.pt, best.pt, state.pt)")
-    ] = Path("runs/train"),
-    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --output exactly")] = False,
-    skeleton: Annotated[str, typer.Option(help="coco-17 | crowdpose-14 | skeleton.json")] = "coco-17",
-    arch: Annotated[
-        str | None, typer.Option(help="zoo architecture of a plain state-dict checkpoint")
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="initial learning rate (default: the optimizer's)")] = None,
-    optimizer: Annotated[str, typer.Option(help="adamw (measured best on short CPU runs) | sgd")] = "adamw",
-    images_per_epoch: Annotated[int, typer.Option(help="synthetic images per epoch")] = 2000,
-    val_images: Annotated[int, typer.Option(help="held-out synthetic images for the per-epoch AP")] = 100,
-    eval_every: Annotated[int, typer.Option(help="validate every N epochs (0: never)")] = 0,
-    mosaic: Annotated[float, typer.Option(help="probability of 4-image mosaic augmentation")] = 0.0,
-    workers: Annotated[int, typer.Option(help="data-loading worker processes")] = 1,
-    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
-    seed: Annotated[int, typer.Option(help="seed for initialisation, data order and augmentation")] = 0,
-) -> None:
-    """Train or fine-tune a KAPAO model (resumable; the EMA weights are what is saved)."""
-    from edgepose.training.trainer import train as run_training
-
-    best = run_training(
-        model,
-        data=data,
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=batch,
-        output=output,
-        resume=resume,
-        skeleton=skeleton,
-        arch=arch,
-        lr=lr,
-        optimizer=optimizer,
-        images_per_epoch=images_per_epoch,
-        val_images=val_images,
-        eval_every=eval_every,
-        mosaic=mosaic,
-        workers=workers,
-        threads=threads,
-        seed=seed,
-        command="edgepose " + " ".join(sys.argv[1:]),
-    )
-    typer.echo(str(best))
 
 
 @app.command()

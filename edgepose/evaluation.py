@@ -186,3 +186,32 @@ def run_bundle_eval(
         "images": len(data["images"]),
         "data_info": data.get("info", {}),
     }
+
+
+def load_results(path: str | Path, annotations: dict) -> list[dict]:
+    """Keypoint results from a file: a COCO results list, or ``edgepose predict``'s predictions.json.
+
+    predictions.json numbers its images in the order it saw them, so its results are matched to the
+    annotations by file name; a plain results list must already use the annotations' image ids.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise DataError(f"results file {path} does not exist") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"results file {path} is not readable JSON ({e})") from e
+    if isinstance(data, list):
+        return data
+    if not (isinstance(data, dict) and isinstance(data.get("annotations"), list) and "images" in data):
+        raise DataError(f"{path} is neither a COCO results list nor an edgepose predictions.json")
+    by_name = {str(img["file_name"]): img["id"] for img in annotations["images"]}
+    ids = {}
+    for img in data["images"]:
+        name = str(img["file_name"])
+        if name not in by_name:
+            raise DataError(f"{path} has predictions for {name}, which the annotations do not list")
+        ids[img["id"]] = by_name[name]
+    return [{**r, "image_id": ids[r["image_id"]]} for r in data["annotations"]]

@@ -79,3 +79,51 @@ def test_synth_refuses_non_empty_output(data_and_bundle):
     root, _ = data_and_bundle
     res = _cli("synth", str(root / "val"), "--images", "1")
     assert res.returncode != 0 and res.stderr.startswith("error: ")
+
+
+def test_eval_of_ground_truth_results_file_is_perfect(data_and_bundle, tmp_path):
+    from edgepose.evaluation import ground_truth_as_results
+
+    root, _ = data_and_bundle
+    ann = root / "val" / "annotations.json"
+    gt = tmp_path / "gt_results.json"
+    gt.write_text(json.dumps(ground_truth_as_results(ann)))
+    out = tmp_path / "ap.json"
+    res = _cli("eval", "--annotations", str(ann), "--results", str(gt), "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(out.read_text())["AP"] == pytest.approx(1.0)
+
+
+def test_eval_reads_predict_output_by_file_name(data_and_bundle, tmp_path):
+    root, bundle = data_and_bundle
+    pred = tmp_path / "pred"
+    res = _cli(
+        "predict", str(bundle), str(root / "val" / "images"), "--output", str(pred), "--preset", "accuracy"
+    )
+    assert res.returncode == 0, res.stderr
+    direct, via_file = tmp_path / "a.json", tmp_path / "b.json"
+    ann = str(root / "val" / "annotations.json")
+    assert (
+        _cli(
+            "eval",
+            str(bundle),
+            "--annotations",
+            ann,
+            "--images",
+            str(root / "val" / "images"),
+            "--json",
+            str(direct),
+        ).returncode
+        == 0
+    )
+    assert (
+        _cli(
+            "eval", "--annotations", ann, "--results", str(pred / "predictions.json"), "--json", str(via_file)
+        ).returncode
+        == 0
+    )
+    assert json.loads(via_file.read_text())["AP"] == pytest.approx(
+        json.loads(direct.read_text())["AP"], abs=1e-3
+    )
+    res = _cli("eval", str(bundle), "--annotations", ann)
+    assert res.returncode == 2 and "--images" in res.stderr
