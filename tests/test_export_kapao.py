@@ -179,3 +179,20 @@ def test_bundle_with_missing_file_is_refused(tiny_bundle, tmp_path):
     res = _cli("predict", str(broken), str(SAMPLES[0]), "--output", str(tmp_path / "o"))
     _assert_one_line_error(res, "missing its model file model.onnx")
     assert not (tmp_path / "o").exists()
+
+
+def test_predict_on_the_shipped_video_writes_every_frame(tiny_bundle, tmp_path):
+    import cv2
+
+    from edgepose.samples import sample_video_path
+
+    video = sample_video_path()
+    out = tmp_path / "vid"
+    res = _cli("predict", str(tiny_bundle), str(video), "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    src, dst = cv2.VideoCapture(str(video)), cv2.VideoCapture(str(out / "people.mp4"))
+    frames = int(src.get(cv2.CAP_PROP_FRAME_COUNT))
+    assert frames > 0 and int(dst.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+    assert dst.get(cv2.CAP_PROP_FPS) == pytest.approx(src.get(cv2.CAP_PROP_FPS))
+    data = json.loads((out / "predictions.json").read_text())
+    assert len(data["images"]) == frames
