@@ -32,12 +32,20 @@ def load(
     preset: str = "realtime",
     runtime: str | None = None,
     device: str | None = None,
+    runtime_options: dict[str, Any] | None = None,
     **decoder_overrides: Any,
 ) -> PoseEstimator:
     """Load a bundle and return a ready ``PoseEstimator``. See ``edgepose.estimator.load``."""
     from edgepose.estimator import load as _load
 
-    return _load(bundle, preset=preset, runtime=runtime, device=device, **decoder_overrides)
+    return _load(
+        bundle,
+        preset=preset,
+        runtime=runtime,
+        device=device,
+        runtime_options=runtime_options,
+        **decoder_overrides,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -540,3 +540,39 @@ def test_raw_protocol_0_pickle_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"refers to 'os\.system'"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_release_checkpoint_keeps_weights_and_provenance(tmp_path, kapao_t):
+    import copy
+
+    import torch
+
+    from edgepose.models.checkpoints import (
+        load_checkpoint,
+        read_checkpoint,
+        release_checkpoint,
+        save_checkpoint,
+    )
+
+    model = copy.deepcopy(kapao_t)
+    src = save_checkpoint(
+        tmp_path / "last.pt",
+        model,
+        "kapao-t",
+        epoch=3,
+        command="edgepose train kapao-t",
+        optimizer={"state": {}, "lr": 0.1},
+        wall_time_s=12.5,
+    )
+    dst = release_checkpoint(src, tmp_path / "release.pt")
+    raw = read_checkpoint(dst)
+    assert raw["command"] == "edgepose train kapao-t" and raw["epoch"] == 3 and "optimizer" not in raw
+    assert all(v.dtype == torch.float16 for v in raw["model"].values() if v.is_floating_point())
+    assert dst.stat().st_size < 0.6 * src.stat().st_size
+    released, _ = load_checkpoint(dst)
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        ref = [t for t in model.half().float()(x)]
+        got = [t for t in released(x)]
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

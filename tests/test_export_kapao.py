@@ -196,3 +196,9 @@ def test_predict_on_the_shipped_video_writes_every_frame(tiny_bundle, tmp_path):
     assert dst.get(cv2.CAP_PROP_FPS) == pytest.approx(src.get(cv2.CAP_PROP_FPS))
     data = json.loads((out / "predictions.json").read_text())
     assert len(data["images"]) == frames
+
+
+def test_runtime_options_reach_the_runtime(tiny_bundle):
+    with edgepose.load(tiny_bundle, runtime_options={"threads": 1, "optimization": "basic"}, conf=0.4) as est:
+        assert est.runtime.options == {"threads": 1, "optimization": "basic"}
+        assert est.decoder.params.conf == pytest.approx(0.4)

@@ -308,6 +308,11 @@ def _from_state_dict(obj: Any, arch: str | None, p: Path) -> tuple[nn.Module, di
     if dekr_checkpoints.is_dekr_state(dekr_state) or (arch in ZOO and ZOO[arch].family == "dekr"):
         # DEKR state dicts describe their architecture (width, depth, keypoints) in their shapes
         return dekr_checkpoints.load_dekr_state(dekr_state, arch, str(p))
+    from edgepose.models import sahr_checkpoints  # lazy, as above
+
+    if sahr_checkpoints.is_sahr_state(dekr_state) or (arch in ZOO and ZOO[arch].family == "sahr"):
+        # SWAHR/HigherHRNet state dicts describe their architecture in their shapes too
+        return sahr_checkpoints.load_sahr_state(dekr_state, arch, str(p))
     if arch is None:
         raise CheckpointError(
             f"checkpoint '{p}' is a plain state dict; name its architecture (e.g. --arch kapao-s)"
@@ -479,3 +484,18 @@ def _sha256(p: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True) -> Path:
+    """A checkpoint fit to ship: the model's weights (fp16 by default) and its provenance, nothing else.
+
+    Optimizer state, EMA copies and RNG state are training-only (YOLOv5's ``strip_optimizer`` does the
+    same); the training command, wall time, metrics and config stay so the file says how it was made.
+    """
+    model, info = load_checkpoint(src)
+    raw = read_checkpoint(src)
+    keep = ("command", "wall_time_s", "train", "metrics", "epoch")
+    extra = {k: raw[k] for k in keep if isinstance(raw, dict) and k in raw}
+    if half:
+        model = model.half()
+    return save_checkpoint(dst, model, info["name"], released_from=str(info["sha256"]), **extra)
