@@ -155,6 +155,55 @@ def predict(
 
 
 @app.command()
+def demo(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    source: Annotated[
+        str, typer.Option(help="camera index, /dev/videoN, video file, rtsp:// URL or GStreamer pipeline")
+    ] = "0",
+    save: Annotated[Path | None, typer.Option(help="write the annotated video (mp4) here")] = None,
+    show: Annotated[
+        bool, typer.Option("--show/--no-show", help="open a window (off by itself without a display)")
+    ] = True,
+    json_lines: Annotated[
+        Path | None, typer.Option("--json-lines", help="write one JSON object per frame here")
+    ] = None,
+    max_frames: Annotated[int | None, typer.Option(help="stop after this many frames", min=1)] = None,
+    preset: Annotated[str, typer.Option(help="decoder preset: realtime | accuracy")] = "realtime",
+    runtime: Annotated[str | None, typer.Option(help="override the bundle's runtime")] = None,
+    device: Annotated[str | None, typer.Option(help="runtime device (cpu, cuda, GPU, NPU, ...)")] = None,
+    boxes: Annotated[bool, typer.Option("--boxes", help="also draw person boxes")] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU inference threads (default: cores - 1)", min=1)
+    ] = None,
+) -> None:
+    """Live pose demo: capture, pre-process, inference and post-process in parallel threads."""
+    from edgepose.demo.run import run_demo
+
+    summary = run_demo(
+        bundle,
+        source,
+        save=save,
+        show=show,
+        json_lines=json_lines,
+        max_frames=max_frames,
+        preset=preset,
+        runtime=runtime,
+        device=device,
+        draw_boxes=boxes,
+        threads=threads,
+        log=_log,
+    )
+    stages = "  ".join(f"{k} {v:.1f}" for k, v in summary["stage_ms"].items())
+    end = " (interrupted)" if summary["interrupted"] else ""
+    typer.echo(
+        f"{summary['frames']} frame(s) at {summary['fps']:.1f} FPS, {summary['dropped']} dropped{end}; "
+        f"median ms: {stages}"
+    )
+    for out in summary["outputs"]:
+        typer.echo(out)
+
+
+@app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="folder to create (images/, annotations.json, video.mp4)")],
     images: Annotated[int, typer.Option(help="number of images")] = 200,
@@ -252,6 +301,112 @@ def doctor() -> None:
     for name, status in report:
         table.add_row(name, status)
     Console().print(table)
+
+
+@app.command()
+def bench(
+    bundles: Annotated[
+        list[Path], typer.Argument(metavar="BUNDLE", help="bundle folder(s); several are interleaved")
+    ],
+    warmup: Annotated[int, typer.Option(help="untimed iterations after the first frame")] = 10,
+    iters: Annotated[int | None, typer.Option(help="timed iterations per bundle (default 100)")] = None,
+    seconds: Annotated[float | None, typer.Option(help="time for this long instead of --iters")] = None,
+    batch: Annotated[int, typer.Option(help="frames per inference (the bundle must take that batch)")] = 1,
+    throughput: Annotated[
+        bool, typer.Option("--throughput", help="several requests in flight (OpenVINO async queue)")
+    ] = False,
+    requests: Annotated[int, typer.Option(help="requests in flight with --throughput (0: device's)")] = 0,
+    runtime: Annotated[str | None, typer.Option(help="override the bundles' runtime")] = None,
+    device: Annotated[str | None, typer.Option(help="runtime device (cpu, cuda, GPU, NPU, ...)")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the run records to this file")
+    ] = None,
+    db: Annotated[Path | None, typer.Option(help="append the runs to this SQLite benchmark history")] = None,
+    images: Annotated[Path | None, typer.Option(help="folder of images to cycle (default: samples)")] = None,
+    preset: Annotated[str, typer.Option(help="decoder preset: realtime | accuracy")] = "realtime",
+) -> None:
+    """Latency per stage (pre-processing, inference, post-processing) of each BUNDLE on this machine."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from edgepose.bench.runner import BenchOptions, run_bench
+
+    if db is not None:
+        from edgepose.bench.history import check_db
+
+        check_db(db)  # before measuring: a bad --db should cost no time
+    if iters is None and seconds is None:
+        iters = 100
+    opts = BenchOptions(
+        bundles=list(bundles),
+        warmup=warmup,
+        iters=iters,
+        seconds=seconds,
+        batch=batch,
+        throughput=throughput,
+        requests=requests,
+        runtime=runtime,
+        device=device,
+        images=images,
+        preset=preset,
+    )
+    console = _console()
+    with Progress(transient=True, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("benchmarking", total=iters)
+
+        def progress(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        runs = run_bench(opts, progress=progress, log=lambda m: console.print(f"[yellow]{m}[/yellow]"))
+    from edgepose.bench.report import stage_table, summary_table
+
+    out = Console()
+    out.print(stage_table(runs))
+    out.print(summary_table(runs))
+    if json_out is not None:
+        from edgepose.bundle import write_json_atomic
+
+        write_json_atomic(json_out, {"runs": runs})
+    if db is not None:
+        from edgepose.bench.history import append_runs
+
+        ids = append_runs(db, runs)
+        _log(f"appended run(s) {', '.join(map(str, ids))} to {db}")
+
+
+@app.command()
+def report(
+    db: Annotated[Path, typer.Option(help="SQLite benchmark history written by `edgepose bench --db`")],
+    plot: Annotated[Path | None, typer.Option(help="write a PNG: stacked stage latency per run")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="write a markdown table and device summary")] = None,
+    last: Annotated[int | None, typer.Option(help="only the N most recent runs")] = None,
+    model: Annotated[str | None, typer.Option(help="only runs of this model")] = None,
+) -> None:
+    """Compare benchmark runs across devices, runtimes and precisions."""
+    from rich.console import Console
+
+    from edgepose.bench.history import read_runs
+    from edgepose.bench.report import history_table, plot_runs
+    from edgepose.bench.report import markdown as to_markdown
+    from edgepose.errors import DataError
+
+    runs = read_runs(db, last=last, model=model)
+    if not runs:
+        which = f" of model {model}" if model else ""
+        raise DataError(f"{db} has no benchmark runs{which}; record some with `edgepose bench ... --db {db}`")
+    Console().print(history_table(runs))
+    if plot is not None:
+        plot_runs(runs, plot)
+        _log(f"plot -> {plot}")
+    if markdown is not None:
+        from edgepose.errors import UsageError
+
+        try:
+            markdown.parent.mkdir(parents=True, exist_ok=True)
+            markdown.write_text(to_markdown(runs), encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot write {markdown}: {e.strerror or e}") from e
+        _log(f"markdown -> {markdown}")
 
 
 def main() -> None:

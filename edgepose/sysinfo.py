@@ -100,3 +100,24 @@ def machine_summary() -> dict[str, Any]:
         "python": platform.python_version(),
         "jetson": jetson_info(),
     }
+
+
+def gpu_name() -> str | None:
+    """The NVIDIA GPU's name (Jetson: the module's model), or None when there is none to ask."""
+    jetson = jetson_info()
+    if jetson is not None:
+        return jetson.get("model", "NVIDIA Jetson")
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return ", ".join(names) or None

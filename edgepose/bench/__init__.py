@@ -1,0 +1,1 @@
+"""Per-device latency benchmarking: timing loop, device fingerprint, SQLite history, readable reports."""

@@ -1,0 +1,265 @@
+"""capture -> pre-process -> inference -> post-process in threads joined by bounded queues.
+
+Numba kernels (``nogil=True``), OpenCV and ONNX Runtime release the GIL, so the stages overlap: while
+frame *n* is in inference, *n+1* is being letterboxed and *n-1* decoded. The consumer (rendering, the
+window, the writers) runs in the caller's thread, because GUI toolkits want the main thread and because
+Ctrl-C arrives there.
+
+Live sources feed a one-slot queue that drops its oldest frame, so inference always takes the newest;
+files feed blocking queues (back-pressure), so every frame is processed in order. Shutdown is by a stop
+event plus an end sentinel that every stage forwards; every wait has a timeout, so ``close()`` always
+joins.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgepose.demo.sources import FrameSource
+from edgepose.errors import EdgeposeError
+
+STAGES = ("capture", "preprocess", "infer", "postprocess", "render")
+_END = object()
+_POLL_S = 0.05
+
+
+@dataclass
+class FrameResult:
+    """One frame on its way through the pipeline; ``poses`` is set when it reaches the consumer."""
+
+    index: int
+    time: float
+    image: np.ndarray
+    tensor: np.ndarray | None = None
+    meta: Any = None
+    outputs: dict[str, np.ndarray] | None = None
+    poses: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class FrameQueue:
+    """A bounded hand-off. ``drop_oldest``: a put on a full queue evicts the oldest item (counted)."""
+
+    def __init__(self, maxsize: int, drop_oldest: bool = False) -> None:
+        self.maxsize = max(1, maxsize)
+        self.drop_oldest = drop_oldest
+        self.dropped = 0
+        self._items: deque[Any] = deque()
+        self._cond = threading.Condition()
+
+    def put(self, item: Any, stop: threading.Event) -> bool:
+        """Hand ``item`` on; False when ``stop`` was set while waiting for room."""
+        with self._cond:
+            if self.drop_oldest:
+                while len(self._items) >= self.maxsize:
+                    self._items.popleft()
+                    self.dropped += 1
+            else:
+                while len(self._items) >= self.maxsize:
+                    if stop.is_set():
+                        return False
+                    self._cond.wait(_POLL_S)
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def put_end(self) -> None:
+        """The end sentinel always goes in (one over the bound), so a stopping stage never blocks."""
+        with self._cond:
+            self._items.append(_END)
+            self._cond.notify_all()
+
+    def get(self, stop: threading.Event) -> Any:
+        """The next item, or the end sentinel once ``stop`` is set."""
+        with self._cond:
+            while not self._items:
+                if stop.is_set():
+                    return _END
+                self._cond.wait(_POLL_S)
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+
+class StageStats:
+    """Per-stage durations and the completion rate over a sliding window (medians resist hiccups)."""
+
+    def __init__(self, window: int = 30) -> None:
+        self._lock = threading.Lock()
+        self._times: dict[str, deque[float]] = {s: deque(maxlen=window) for s in STAGES}
+        self._done: deque[float] = deque(maxlen=window + 1)
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._times.setdefault(stage, deque(maxlen=self._done.maxlen)).append(seconds)
+
+    def frame_done(self, at: float | None = None) -> None:
+        with self._lock:
+            self._done.append(time.perf_counter() if at is None else at)
+
+    def medians_ms(self) -> dict[str, float]:
+        with self._lock:
+            return {s: 1000.0 * statistics.median(v) for s, v in self._times.items() if v}
+
+    def fps(self) -> float:
+        with self._lock:
+            if len(self._done) < 2 or self._done[-1] <= self._done[0]:
+                return 0.0
+            return (len(self._done) - 1) / (self._done[-1] - self._done[0])
+
+
+class Pipeline:
+    """``with Pipeline(est, source) as pipe: for r in pipe: ...`` yields finished frames in order.
+
+    ``max_frames`` bounds the frames yielded. A failing stage stops everything; iteration then raises
+    one ``EdgeposeError`` naming the stage, after every thread has been joined.
+    """
+
+    def __init__(
+        self,
+        estimator: Any,
+        source: FrameSource,
+        queue_size: int = 2,
+        max_frames: int | None = None,
+        window: int = 30,
+    ) -> None:
+        self.estimator = estimator
+        self.source = source
+        self.live = bool(source.live)
+        self.max_frames = max_frames
+        self.stats = StageStats(window)
+        self._stop = threading.Event()
+        self._error: tuple[str, BaseException] | None = None
+        # A live source keeps only its newest frame; downstream of it the hand-offs block, so no stage
+        # works on a frame that will be thrown away.
+        self._frames = FrameQueue(1 if self.live else queue_size, drop_oldest=self.live)
+        self._tensors = FrameQueue(1 if self.live else queue_size)
+        self._outputs = FrameQueue(1 if self.live else queue_size)
+        self._results = FrameQueue(1 if self.live else queue_size)
+        self.captured = 0
+        self.yielded = 0
+        self._threads: list[threading.Thread] = []
+        self._t0 = 0.0
+
+    @property
+    def dropped(self) -> int:
+        return self._frames.dropped
+
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        specs: list[tuple[str, Callable[[], None]]] = [
+            ("capture", self._capture),
+            ("preprocess", lambda: self._stage("preprocess", self._pre, self._frames, self._tensors)),
+            ("infer", lambda: self._stage("infer", self._infer, self._tensors, self._outputs)),
+            ("postprocess", lambda: self._stage("postprocess", self._post, self._outputs, self._results)),
+        ]
+        for name, target in specs:
+            t = threading.Thread(target=target, name=f"edgepose-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Ask every stage to stop; frames already finished can still be taken."""
+        self._stop.set()
+
+    def close(self, timeout: float = 10.0) -> list[str]:
+        """Stop and join every thread; returns the names of threads that did not stop in time."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in self._threads if t.is_alive()]
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        while self.max_frames is None or self.yielded < self.max_frames:
+            item = self._results.get(self._stop)
+            if item is _END:
+                break
+            self.yielded += 1
+            yield item
+        self.close()
+        if self._error is not None:
+            stage, err = self._error
+            if isinstance(err, EdgeposeError):
+                raise err
+            raise EdgeposeError(f"the {stage} stage failed: {type(err).__name__}: {err}") from err
+
+    def record_render(self, seconds: float) -> None:
+        """The consumer reports its drawing/writing time so the overlay can show it."""
+        self.stats.add("render", seconds)
+        self.stats.frame_done()
+
+    # -- stages ------------------------------------------------------------------------------------
+
+    def _fail(self, stage: str, err: BaseException) -> None:
+        if self._error is None:
+            self._error = (stage, err)
+        self._stop.set()
+
+    def _capture(self) -> None:
+        limit = None if self.live else self.max_frames
+        try:
+            while not self._stop.is_set() and (limit is None or self.captured < limit):
+                t = time.perf_counter()
+                frame = self.source.read()
+                if frame is None:
+                    break
+                now = time.perf_counter()
+                stamp = (now - self._t0) if self.live else self.captured / self.source.fps
+                item = FrameResult(self.captured, stamp, frame)
+                item.timings["capture"] = now - t
+                self.stats.add("capture", now - t)
+                self.captured += 1
+                if not self._frames.put(item, self._stop):
+                    break
+        except BaseException as e:  # noqa: BLE001 - any failure ends the run, reported once by __iter__
+            self._fail("capture", e)
+        finally:
+            self._frames.put_end()
+            self.source.close()
+
+    def _stage(
+        self, name: str, work: Callable[[FrameResult], None], inq: FrameQueue, outq: FrameQueue
+    ) -> None:
+        try:
+            while True:
+                item = inq.get(self._stop)
+                if item is _END or self._stop.is_set():
+                    break
+                t = time.perf_counter()
+                work(item)
+                dt = time.perf_counter() - t
+                item.timings[name] = dt
+                self.stats.add(name, dt)
+                if not outq.put(item, self._stop):
+                    break
+        except BaseException as e:  # noqa: BLE001
+            self._fail(name, e)
+        finally:
+            outq.put_end()
+
+    def _pre(self, item: FrameResult) -> None:
+        item.tensor, item.meta = self.estimator.preprocess(item.image)
+
+    def _infer(self, item: FrameResult) -> None:
+        item.outputs = self.estimator.infer(item.tensor)
+        item.tensor = None
+
+    def _post(self, item: FrameResult) -> None:
+        item.poses = self.estimator.postprocess(item.outputs, item.meta)
+        item.outputs = None
