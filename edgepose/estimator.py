@@ -60,6 +60,7 @@ class PoseEstimator:
         runtime: str | None = None,
         device: str | None = None,
         runtime_options: dict[str, Any] | None = None,
+        warmup: bool = True,
         **decoder_overrides: Any,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -72,6 +73,10 @@ class PoseEstimator:
         self._pad_value = self.bundle.pad_value
         w, h = self.input_size
         self._tensor = np.empty((1, 3, h, w), np.float32)
+        if warmup:
+            # One grey frame through all three stages: OpenCV's first resize, the runtime's first run
+            # (memory arenas, lazy kernels) and numba's kernels are paid here, not on the first camera frame.
+            self(np.full((h // 2 + 7, w // 2 + 9, 3), 114, np.uint8))  # odd size: exercises the resize
 
     @property
     def preset(self) -> str:
