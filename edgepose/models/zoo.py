@@ -21,10 +21,12 @@ if TYPE_CHECKING:
 FAMILY_BUILDERS: dict[str, str] = {
     "kapao": "edgepose.models.kapao:from_config",
     "dekr": "edgepose.models.dekr:from_config",
+    "sahr": "edgepose.models.higherhrnet:from_config",
 }
 
 _KAPAO_REPO = "github.com/wmcnally/kapao (data/scripts/download_models.py)"
 _DEKR_REPO = "github.com/HRNet/DEKR (README model zoo)"
+_SAHR_REPO = "github.com/greatlog/SWAHR-HumanPose (README model zoo)"
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,22 @@ def _dekr(
     return ModelInfo(
         name=name,
         family="dekr",
+        num_keypoints=17,
+        default_imgsz=(imgsz, imgsz),
+        params=params,
+        gflops=gflops,
+        weights=weights,
+        config=config,
+        description=description,
+    )
+
+
+def _sahr(
+    name: str, imgsz: int, params: int, gflops: float, weights: str, description: str, **config: Any
+) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        family="sahr",
         num_keypoints=17,
         default_imgsz=(imgsz, imgsz),
         params=params,
@@ -181,6 +199,53 @@ ZOO: dict[str, ModelInfo] = {
             width=8,
             heatmap_channels=8,
             offset_channels=8,
+            **_DEKR_TINY,
+        ),
+        # SAHR GFLOPs are of the deployed graph (no scale branches); params include them (official files).
+        _sahr(
+            "sahr-w32",
+            512,
+            28_649_309,
+            92.407,
+            f"official: pose_coco/pose_higher_hrnet_w32_512.pth from {_SAHR_REPO}",
+            "SWAHR HigherHRNet-W32, COCO val 68.9 AP (single scale, flip test)",
+            width=32,
+            deconv_channels=32,
+            detection_threshold=0.12,
+        ),
+        _sahr(
+            "sahr-w48",
+            640,
+            63_831_661,
+            298.938,
+            f"official: pose_coco/pose_higher_hrnet_w48_640.pth from {_SAHR_REPO}",
+            "SWAHR HigherHRNet-W48 (official 640 input), COCO val 70.8 AP (single scale, flip test)",
+            width=48,
+            deconv_channels=48,
+            detection_threshold=0.1,
+        ),
+        _sahr(
+            "sahr-n",
+            512,
+            1_277_389,
+            6.572,
+            "shipped: edgepose/weights/sahr-n.pt",
+            "small reference SWAHR (HRNet-W16, one module per stage, two deconv blocks) trained by edgepose",
+            width=16,
+            deconv_channels=16,
+            deconv_blocks=2,
+            **_DEKR_SMALL,
+        ),
+        _sahr(
+            "sahr-t",
+            256,
+            195_749,
+            0.3163,
+            "none (random init only)",
+            "test-sized SWAHR for fast checks",
+            width=8,
+            deconv_channels=8,
+            deconv_blocks=1,
             **_DEKR_TINY,
         ),
     )

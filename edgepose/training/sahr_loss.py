@@ -17,8 +17,8 @@ Losses per stage, as SWAHR's ``MultiLossFactory`` (each a per-image mean, then t
   ``gt * (1 + s ln gt + (s ln gt)^2 / 2)``; a regulariser ``mean(s^2 * mask)`` keeps s small;
 - weight-adaptive (WAHR): ``(pred - target)^2`` is weighted by ``|1 - pred| gt^gamma + |pred| (1 - gt^gamma)``
   (gamma 0.01), which down-weights the easy background;
-- associative embedding (both stages' tags; only stride 4 has them): pull = the mean over people of the
-  variance of a person's tags; push = ``sum_{i != j} exp(-(t_i - t_j)^2) / (n (n - 1)) / 2`` over the
+- associative embedding on the stride-4 tags (the only stage with tags): pull = the mean over people of
+  the variance of a person's tags; push = ``sum_{i != j} exp(-(t_i - t_j)^2) / (n (n - 1)) / 2`` over the
   people's mean tags (``ae_type="exp"``; ``"max"`` uses ``max(0, 1 - |t_i - t_j|)``), factors 1e-3.
 
 ``SahrLossConfig(scale_adaptive=False, weight_adaptive=False)`` is HigherHRNet's plain masked MSE.

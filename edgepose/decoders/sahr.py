@@ -1,0 +1,935 @@
+"""SAHR/HigherHRNet post-processing in numba: raw heatmaps + tags -> grouped poses, as the official test.
+
+The graph ends at three raw outputs: ``heatmaps_lo`` (1, K, H/4, W/4), ``tags`` (1, K, H/4, W/4: one
+associative-embedding value per joint) and ``heatmaps_hi`` (1, K, H/2, W/2). The decode follows
+``lib/core/inference.py`` (``get_multi_stage_outputs``, ``aggregate_results``) and ``lib/core/group.py``
+(``HeatmapParser``) of github.com/HRNet/HigherHRNet-Human-Pose-Estimation and SWAHR-HumanPose, single
+scale, no flip:
+
+1. aggregation: the stride-4 heatmaps and tags are resized to stride 2 (bilinear, ``align_corners=False``)
+   and the two heatmaps averaged. With ``project2image`` (the official TEST.PROJECT2IMAGE, the accuracy
+   preset) both are resized once more, to the input resolution, and everything below runs there;
+   without it (realtime) it runs at stride 2, on a quarter of the pixels;
+2. candidates: max-pool NMS (window ``nms_kernel``, 5), the ``max_people`` (30) highest maxima per joint,
+   those above ``detection_threshold``;
+3. grouping (``match_by_tag``), joint by joint in the official order (head, shoulders, *hips*, elbows,
+   wrists, knees, ankles): the first joint with candidates starts one person each; every later joint's
+   candidates are matched to the first ``max_people`` people by an optimal assignment (a numba shortest
+   augmenting path, the algorithm and tie-breaking of scipy's ``linear_sum_assignment``) on the cost
+   ``round(|tag - person's mean tag|) * 100 - heat`` (``use_detection_val``); a match joins the person when
+   the tag distance is below ``tag_threshold`` (1.0), anything else starts a new person;
+4. ``adjust``: each grouped joint moves a quarter pixel toward its higher neighbour on x and on y, then by
+   half a pixel (pixel centres);
+5. person score: the mean heat over all K joints, missing joints counting 0, before refinement;
+6. ``refine``: every joint a person lacks becomes the pixel maximising ``heat - round(|tag - the person's
+   mean tag|)`` over the whole map, kept when its heat is positive (quarter-pixel adjusted as in 4).
+
+Coordinates are mapped from the parse resolution to input pixels (x 2 at stride 2) and through the
+letterbox to original pixels, clipped to the image (``clip``). Poses keep the official order (creation
+order of the groups); keypoint scores are the heat, 0 where a joint is missing after refinement (its
+x, y are then the map's origin, as official). Boxes span the keypoints with a positive score.
+
+The CPU touches every pixel once (aggregation, with each tile's maximum on the way) and then only what
+can matter: candidates are searched in tiles whose maximum passes the threshold, and refinement, exact
+but pruned, visits tiles from the highest maximum down until none can beat (or tie) the best pixel found,
+skipping tiles whose tag range rules them out (the penalty is never negative and rint is monotone); tags
+are computed from the stride-4 map only for the tiles visited. Ties resolve to the lowest flat index, as
+``np.argmax``. These dense steps stay out of the graph: on ONNX Runtime (CPU) resize + average + max-pool
++ top-k take ~4x the numba time (``benchmarks/decode_sahr.py --in-graph``), and refinement needs the
+whole maps at the parse resolution anyway, which are larger than the raw outputs.
+
+Where this differs from the official code, deliberately: people are a list, not a dict keyed by their
+first tag value (the official code merges two new people whose first tags are bit-identical); tag means
+and distances are float64; and equally cheap assignments are broken as scipy does, not as the ``munkres``
+package (both are optimal). ``sahr_reference.decode_reference`` is the same decode in vectorised numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from edgepose.errors import BundleError, UsageError
+from edgepose.poses import Poses
+from edgepose.preprocess import LetterboxMeta
+
+Outputs = Mapping[str, np.ndarray]
+
+#: official COCO grouping order (``Params.joint_order``): the first K entries are used when they are a
+#: permutation of range(K) (CrowdPose's 14 are), else the natural order
+COCO_JOINT_ORDER = (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
+
+
+def default_joint_order(k: int) -> tuple[int, ...]:
+    order = COCO_JOINT_ORDER[:k]
+    return order if sorted(order) == list(range(k)) else tuple(range(k))
+
+
+@dataclass(frozen=True)
+class SahrHead:
+    """The head's constants, as the bundle manifest stores them.
+
+    strides: input pixels per output pixel of (heatmaps_lo and tags, heatmaps_hi).
+    detection_threshold: the model's official TEST.DETECTION_THRESHOLD (SWAHR W32 0.12, else 0.1), which
+    the presets use unless they set their own. joint_order: the grouping order (default: official).
+    """
+
+    num_keypoints: int
+    output_names: tuple[str, ...] = ("heatmaps_lo", "tags", "heatmaps_hi")
+    strides: tuple[int, int] = (4, 2)
+    input_multiple: int = 32
+    detection_threshold: float = 0.1
+    joint_order: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            k, m = int(self.num_keypoints), int(self.input_multiple)
+            strides = tuple(int(s) for s in self.strides)
+            thr = float(self.detection_threshold)
+        except (TypeError, ValueError) as e:
+            raise UsageError("SAHR head needs integer num_keypoints, strides and input_multiple") from e
+        if k < 1 or m < 1:
+            raise UsageError("SAHR num_keypoints and input_multiple must be at least 1")
+        if strides != (4, 2):
+            raise UsageError(f"SAHR heads have outputs at strides (4, 2), got {strides}")
+        names = tuple(str(n) for n in self.output_names)
+        if len(names) != 3:
+            raise UsageError(f"SAHR head has three outputs (heatmaps_lo, tags, heatmaps_hi), got {names}")
+        order = default_joint_order(k) if self.joint_order is None else tuple(map(int, self.joint_order))
+        if sorted(order) != list(range(k)):
+            raise UsageError(f"SAHR joint_order must be a permutation of 0..{k - 1}, got {order}")
+        if not 0.0 <= thr <= 1.0:
+            raise UsageError(f"SAHR detection_threshold={thr} must be between 0 and 1")
+        for name, value in (
+            ("num_keypoints", k),
+            ("input_multiple", m),
+            ("strides", strides),
+            ("output_names", names),
+            ("joint_order", order),
+            ("detection_threshold", thr),
+        ):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SahrHead:
+        if "num_keypoints" not in d:
+            raise BundleError("SAHR head description lacks num_keypoints")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        seqs = ("output_names", "strides", "joint_order")
+        return cls(
+            **{k: (tuple(v) if k in seqs and v is not None else v) for k, v in d.items() if k in fields}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("output_names", "strides", "joint_order"):
+            d[k] = list(d[k])
+        return d
+
+
+@dataclass(frozen=True)
+class SahrParams:
+    """Decoder settings, named after the official ``TEST``/``DATASET`` config keys they come from.
+
+    detection_threshold: TEST.DETECTION_THRESHOLD; None takes the head's (the model's official value).
+    max_people: DATASET.MAX_NUM_PEOPLE (top-k per joint, and how many people a joint is matched against).
+    nms_kernel: TEST.NMS_KERNEL. tag_threshold: TEST.TAG_THRESHOLD. use_detection_val, ignore_too_much,
+    adjust, refine: TEST.USE_DETECTION_VAL/IGNORE_TOO_MUCH/ADJUST/REFINE. project2image: TEST.PROJECT2IMAGE
+    (parse at the input resolution rather than at stride 2). clip: clip keypoints to the image.
+    """
+
+    detection_threshold: float | None = None
+    max_people: int = 30
+    nms_kernel: int = 5
+    tag_threshold: float = 1.0
+    use_detection_val: bool = True
+    ignore_too_much: bool = False
+    adjust: bool = True
+    refine: bool = True
+    project2image: bool = True
+    clip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.detection_threshold is not None:
+            thr = float(self.detection_threshold)
+            if not 0.0 <= thr <= 1.0:
+                raise UsageError(f"detection_threshold={thr} must be between 0 and 1")
+            object.__setattr__(self, "detection_threshold", thr)
+        if int(self.max_people) < 1:
+            raise UsageError("max_people must be at least 1")
+        if int(self.nms_kernel) < 1 or int(self.nms_kernel) % 2 == 0:
+            raise UsageError(f"nms_kernel must be an odd number >= 1, got {self.nms_kernel}")
+        if not float(self.tag_threshold) > 0.0:
+            raise UsageError("tag_threshold must be positive")
+        object.__setattr__(self, "max_people", int(self.max_people))
+        object.__setattr__(self, "nms_kernel", int(self.nms_kernel))
+        object.__setattr__(self, "tag_threshold", float(self.tag_threshold))
+        for f in ("use_detection_val", "ignore_too_much", "adjust", "refine", "project2image", "clip"):
+            object.__setattr__(self, f, bool(getattr(self, f)))
+
+    def threshold(self, head: SahrHead) -> float:
+        return head.detection_threshold if self.detection_threshold is None else self.detection_threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SahrParams:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise UsageError(f"unknown SAHR decoder parameter(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def replace(self, **overrides: Any) -> SahrParams:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise UsageError(f"unknown SAHR decoder parameter(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **overrides)
+
+
+PRESETS: dict[str, SahrParams] = {
+    # The official COCO test settings (single scale, no flip): the model's threshold, parse at the input
+    # resolution.
+    "accuracy": SahrParams(),
+    # A camera: parse at stride 2 (a quarter of the pixels; positions in steps of 2 input px, adjusted by
+    # 0.5 px), only confident joints (0.2, the official default config's threshold).
+    "realtime": SahrParams(detection_threshold=0.2, project2image=False),
+}
+
+
+def read_outputs(outputs: Outputs | Sequence[np.ndarray], head: SahrHead) -> tuple[np.ndarray, ...]:
+    """(heatmaps_lo (K, h, w), tags (K, h, w), heatmaps_hi (K, 2h, 2w)) as C-contiguous float32."""
+    names = head.output_names
+    if isinstance(outputs, Mapping):
+        if not all(n in outputs for n in names):
+            raise BundleError(f"SAHR decoder needs outputs {', '.join(names)}, got {', '.join(outputs)}")
+        arrays = [outputs[n] for n in names]
+    else:
+        arrays = list(outputs)
+        if len(arrays) != 3:
+            raise BundleError(f"SAHR decoder needs three outputs ({', '.join(names)}), got {len(arrays)}")
+    lo, tag, hi = (np.ascontiguousarray(a[0] if np.ndim(a) == 4 else a, dtype=np.float32) for a in arrays)
+    k = head.num_keypoints
+    ok = lo.ndim == 3 and lo.shape[0] == k and tag.shape == lo.shape
+    if not ok or hi.shape != (k, 2 * lo.shape[1], 2 * lo.shape[2]):
+        raise BundleError(
+            f"SAHR outputs have shapes {lo.shape}, {tag.shape} and {hi.shape}, expected ({k}, h, w) twice "
+            f"and ({k}, 2h, 2w) for a head with {k} keypoints; the bundle's model and manifest do not match"
+        )
+    return lo, tag, hi
+
+
+# -- aggregation -------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _tap(o, n):
+    """Output index ``o`` of a 2x bilinear resize of ``n`` samples (torch, ``align_corners=False``): the two
+    source indices and their float32 weights."""
+    src = np.float32(0.5) * (np.float32(o) + np.float32(0.5)) - np.float32(0.5)
+    if src < 0:
+        src = np.float32(0.0)
+    f = int(src)
+    w1 = src - np.float32(f)
+    return f, (f + 1 if f < n - 1 else f), np.float32(1.0) - w1, w1
+
+
+@njit(cache=True, nogil=True)
+def _taps(n):
+    i0 = np.empty(2 * n, np.int64)
+    i1 = np.empty(2 * n, np.int64)
+    w0 = np.empty(2 * n, np.float32)
+    w1 = np.empty(2 * n, np.float32)
+    for o in range(2 * n):
+        i0[o], i1[o], w0[o], w1[o] = _tap(o, n)
+    return i0, i1, w0, w1
+
+
+@njit(cache=True, nogil=True)
+def _hrow(a, out):
+    """One row resized 2x: ``out[o] = w0 * a[i0] + w1 * a[i1]`` with the constant weights of ``_tap``."""
+    w = a.shape[0]
+    q, t = np.float32(0.25), np.float32(0.75)
+    out[0] = np.float32(1.0) * a[0] + np.float32(0.0) * a[0]
+    for m in range(1, w):
+        out[2 * m] = q * a[m - 1] + t * a[m]
+    for m in range(w - 1):
+        out[2 * m + 1] = t * a[m] + q * a[m + 1]
+    out[2 * w - 1] = t * a[w - 1] + q * a[w - 1]
+
+
+@njit(cache=True, nogil=True)
+def upsample2(src):
+    """(C, h, w) float32 -> (C, 2h, 2w): ``F.interpolate(bilinear, align_corners=False)`` (to 1 ulp: torch
+    fuses multiply-adds), resizing rows first, then blending the resized rows."""
+    c, h, w = src.shape
+    y0, y1, wy0, wy1 = _taps(h)
+    out = np.empty((c, 2 * h, 2 * w), np.float32)
+    rows = np.empty((h, 2 * w), np.float32)
+    for j in range(c):
+        for r in range(h):
+            _hrow(src[j, r], rows[r])
+        for oy in range(2 * h):
+            a, b, p, q, o = rows[y0[oy]], rows[y1[oy]], wy0[oy], wy1[oy], out[j, oy]
+            for x in range(2 * w):
+                o[x] = p * a[x] + q * b[x]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _fold_max(acc, row):
+    for x in range(row.shape[0]):
+        acc[x] = max(acc[x], row[x])
+
+
+@njit(cache=True, nogil=True)
+def _tile_max(acc, tm, tile):
+    """Per tile column, the maximum of the column-wise maxima ``acc`` of one tile row, into ``tm``."""
+    w = acc.shape[0]
+    for tx in range(tm.shape[0]):
+        m = acc[tx * tile]
+        for x in range(tx * tile, min(tx * tile + tile, w)):
+            m = max(m, acc[x])
+        tm[tx] = m
+
+
+@njit(cache=True, nogil=True)
+def _resize_rows(rows, y0, y1, wy0, wy1, out, tilemax, tile):
+    """Blend 2x-resized rows into ``out`` rows (the vertical half of ``upsample2``); tile maxima on the way
+    when ``tile`` > 0."""
+    n, w = out.shape
+    acc = np.empty(w, np.float32)
+    for oy in range(n):
+        a, b, p, q, o = rows[y0[oy]], rows[y1[oy]], wy0[oy], wy1[oy], out[oy]
+        for x in range(w):
+            o[x] = p * a[x] + q * b[x]
+        if tile > 0:
+            if oy % tile == 0:
+                acc[:] = o
+            else:
+                _fold_max(acc, o)
+            if oy % tile == tile - 1 or oy == n - 1:
+                _tile_max(acc, tilemax[oy // tile], tile)
+
+
+@njit(cache=True, nogil=True)
+def _heat_into(lo, hi, project2image, tile, heat, tilemax):
+    """The averaged heatmaps at the parse resolution into ``heat``, and each tile's maximum into ``tilemax``
+    (K, ceil(H / tile), ceil(W / tile)). Same float32 arithmetic as ``aggregate``."""
+    k, h, w = lo.shape
+    y0, y1, wy0, wy1 = _taps(h)
+    z0, z1, wz0, wz1 = _taps(2 * h)
+    rows = np.empty((h, 2 * w), np.float32)
+    half = np.empty((2 * h, 2 * w), np.float32)
+    rows2 = np.empty((2 * h, 4 * w), np.float32) if project2image else rows
+    acc = np.empty(2 * w, np.float32)
+    two = np.float32(2.0)
+    for j in range(k):
+        for r in range(h):
+            _hrow(lo[j, r], rows[r])
+        for oy in range(2 * h):
+            a, b, p, q, g = rows[y0[oy]], rows[y1[oy]], wy0[oy], wy1[oy], hi[j, oy]
+            o = half[oy] if project2image else heat[j, oy]
+            for x in range(2 * w):
+                o[x] = (p * a[x] + q * b[x] + g[x]) / two
+            if not project2image:
+                if oy % tile == 0:
+                    acc[:] = o
+                else:
+                    _fold_max(acc, o)
+                if oy % tile == tile - 1 or oy == 2 * h - 1:
+                    _tile_max(acc, tilemax[j, oy // tile], tile)
+        if project2image:
+            for r in range(2 * h):
+                _hrow(half[r], rows2[r])
+            _resize_rows(rows2, z0, z1, wz0, wz1, heat[j], tilemax[j], tile)
+
+
+@njit(cache=True, nogil=True)
+def aggregate(lo, tag_lo, hi, project2image):
+    """-> (heat, tag) at stride 2 (or the input resolution): the official averaged heatmaps and tags."""
+    heat = (upsample2(lo) + hi) / np.float32(2.0)
+    tag = upsample2(tag_lo)
+    if project2image:
+        return upsample2(heat), upsample2(tag)
+    return heat, tag
+
+
+@njit(cache=True, nogil=True)
+def _tag1(t, j, y, x):
+    """The stride-4 tags resized to stride 2, at one pixel (bit-identical to ``upsample2``)."""
+    y0, y1, p, q = _tap(y, t.shape[1])
+    x0, x1, a, b = _tap(x, t.shape[2])
+    return p * (a * t[j, y0, x0] + b * t[j, y0, x1]) + q * (a * t[j, y1, x0] + b * t[j, y1, x1])
+
+
+@njit(cache=True, nogil=True)
+def _tag2(t, j, y, x):
+    """The tags resized twice (to the input resolution), at one pixel."""
+    y0, y1, p, q = _tap(y, 2 * t.shape[1])
+    x0, x1, a, b = _tap(x, 2 * t.shape[2])
+    top = a * _tag1(t, j, y0, x0) + b * _tag1(t, j, y0, x1)
+    return p * top + q * (a * _tag1(t, j, y1, x0) + b * _tag1(t, j, y1, x1))
+
+
+@njit(cache=True, nogil=True)
+def _tag_tile(t, j, project2image, out, y0, y1, x0, x1):
+    """Joint j's aggregated tags over one tile of the parse map into ``out`` (the branch hoisted out of the
+    pixel loops)."""
+    if project2image:  # the stride-2 tags the tile blends, once each, then the blends (as ``_tag2``)
+        h2, w2 = 2 * t.shape[1], 2 * t.shape[2]
+        sy, sx = max(y0 // 2 - 1, 0), max(x0 // 2 - 1, 0)
+        ey, ex = min((y1 - 1) // 2 + 2, h2), min((x1 - 1) // 2 + 2, w2)
+        half = np.empty((ey - sy, ex - sx), np.float32)
+        for y in range(sy, ey):
+            for x in range(sx, ex):
+                half[y - sy, x - sx] = _tag1(t, j, y, x)
+        for y in range(y0, y1):
+            ya, yb, p, q = _tap(y, h2)
+            ra, rb = half[ya - sy], half[yb - sy]
+            for x in range(x0, x1):
+                xa, xb, a, b = _tap(x, w2)
+                xa, xb = xa - sx, xb - sx
+                out[y, x] = p * (a * ra[xa] + b * ra[xb]) + q * (a * rb[xa] + b * rb[xb])
+    else:
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                out[y, x] = _tag1(t, j, y, x)
+
+
+@njit(cache=True, nogil=True)
+def tag_at(t, j, y, x, project2image):
+    """The aggregated tag of joint j at one pixel of the parse map, computed from the stride-4 tags."""
+    return _tag2(t, j, y, x) if project2image else _tag1(t, j, y, x)
+
+
+# -- candidates --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _is_peak(m, y, x, radius):
+    """``m[y, x]`` is the maximum of its window (the max-pool NMS); the 8 neighbours first, as almost
+    every pixel that is not a peak has a higher one among them."""
+    h, w = m.shape
+    v = m[y, x]
+    y0, y1 = max(y - radius, 0), min(y + radius + 1, h)
+    x0, x1 = max(x - radius, 0), min(x + radius + 1, w)
+    for yy in range(max(y - 1, y0), min(y + 2, y1)):
+        for xx in range(max(x - 1, x0), min(x + 2, x1)):
+            if m[yy, xx] > v:
+                return False
+    for yy in range(y0, y1):
+        for xx in range(x0, x1):
+            if m[yy, xx] > v:
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _scan(heat, tilemax, thr, radius, topk, tile):
+    """Per joint the ``topk`` highest local maxima above ``thr`` (value desc, then flat index asc), looking
+    only inside tiles whose maximum passes. -> (count (K,), flat index (K, topk))."""
+    k, h, w = heat.shape
+    count = np.zeros(k, np.int64)
+    top = np.zeros((k, topk), np.int64)
+    cap = 1024
+    idx = np.empty(cap, np.int64)
+    val = np.empty(cap, np.float32)
+    for j in range(k):
+        m = heat[j]
+        n = 0
+        for ty in range(tilemax.shape[1]):
+            for tx in range(tilemax.shape[2]):
+                if not tilemax[j, ty, tx] > thr:
+                    continue
+                for y in range(ty * tile, min(ty * tile + tile, h)):
+                    for x in range(tx * tile, min(tx * tile + tile, w)):
+                        v = m[y, x]
+                        if not v > thr or not _is_peak(m, y, x, radius):
+                            continue
+                        if n == cap:
+                            cap *= 2
+                            idx = np.concatenate((idx, np.empty(n, np.int64)))
+                            val = np.concatenate((val, np.empty(n, np.float32)))
+                        idx[n] = y * w + x
+                        val[n] = v
+                        n += 1
+        by_index = np.argsort(idx[:n], kind="mergesort")
+        order = by_index[np.argsort(-val[:n][by_index], kind="mergesort")][:topk]
+        count[j] = order.shape[0]
+        for i in range(order.shape[0]):
+            top[j, i] = idx[order[i]]
+    return count, top
+
+
+# -- optimal assignment ------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _lsap_wide(cost):
+    """Shortest augmenting path (Crouse 2016) for nr <= nc; col4row. Tie-breaking as scipy's."""
+    nr, nc = cost.shape
+    u = np.zeros(nr)
+    v = np.zeros(nc)
+    spc = np.empty(nc)
+    path = np.full(nc, -1, np.int64)
+    col4row = np.full(nr, -1, np.int64)
+    row4col = np.full(nc, -1, np.int64)
+    sr = np.zeros(nr, np.bool_)
+    sc = np.zeros(nc, np.bool_)
+    remaining = np.empty(nc, np.int64)
+    for cur in range(nr):
+        for it in range(nc):
+            remaining[it] = nc - it - 1
+        sr[:] = False
+        sc[:] = False
+        spc[:] = np.inf
+        n_rem = nc
+        min_val = 0.0
+        i = cur
+        sink = -1
+        while sink == -1:
+            index = -1
+            lowest = np.inf
+            sr[i] = True
+            for it in range(n_rem):
+                j = remaining[it]
+                r = min_val + cost[i, j] - u[i] - v[j]
+                if r < spc[j]:
+                    path[j] = i
+                    spc[j] = r
+                if spc[j] < lowest or (spc[j] == lowest and row4col[j] == -1):
+                    lowest = spc[j]
+                    index = it
+            min_val = lowest
+            if index < 0 or min_val == np.inf:
+                return np.full(nr, -1, np.int64)  # unreachable for finite costs
+            j = remaining[index]
+            if row4col[j] == -1:
+                sink = j
+            else:
+                i = row4col[j]
+            sc[j] = True
+            n_rem -= 1
+            remaining[index] = remaining[n_rem]
+        u[cur] += min_val
+        for i in range(nr):
+            if sr[i] and i != cur:
+                u[i] += min_val - spc[col4row[i]]
+        for j in range(nc):
+            if sc[j]:
+                v[j] -= min_val - spc[j]
+        j = sink
+        while True:
+            i = path[j]
+            row4col[j] = i
+            col4row[i], j = j, col4row[i]
+            if i == cur:
+                break
+    return col4row
+
+
+@njit(cache=True, nogil=True)
+def assign(cost):
+    """Minimum-cost assignment of a (nr, nc) matrix: the column of each row, -1 for rows left out."""
+    nr, nc = cost.shape
+    if nr == 0 or nc == 0:
+        return np.full(nr, -1, np.int64)
+    if nc >= nr:
+        return _lsap_wide(cost)
+    row4col = _lsap_wide(np.ascontiguousarray(cost.T))
+    col4row = np.full(nr, -1, np.int64)
+    for c in range(nc):
+        col4row[row4col[c]] = c
+    return col4row
+
+
+# -- grouping, adjustment, refinement ----------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _group(heat, tag_lo, full, count, top, order, max_people, tag_thr, use_val, ignore_too_much):
+    """Official ``match_by_tag``. -> joints (P, K, 4): x, y (map pixels), heat, tag; P people."""
+    k, _, w = heat.shape
+    cap = k * top.shape[1]
+    joints = np.zeros((cap, k, 4))
+    tag_sum = np.zeros(cap)
+    tag_n = np.zeros(cap)
+    p = 0
+    for jj in range(k):
+        j = order[jj]
+        n = count[j]
+        if n == 0:
+            continue
+        ys = top[j, :n] // w
+        xs = top[j, :n] % w
+        vals = np.empty(n)
+        tags = np.empty(n)
+        for r in range(n):
+            vals[r] = heat[j, ys[r], xs[r]]
+            tags[r] = tag_at(tag_lo, j, ys[r], xs[r], full)
+        if p == 0:
+            col4row = np.full(n, -1, np.int64)
+            dist = np.zeros((n, 1))
+        else:
+            g = min(p, max_people)
+            if ignore_too_much and g == max_people:
+                continue
+            dist = np.empty((n, g))
+            cost = np.empty((n, g))
+            for r in range(n):
+                for c in range(g):
+                    d = abs(tags[r] - tag_sum[c] / tag_n[c])
+                    dist[r, c] = d
+                    cost[r, c] = np.rint(d) * 100.0 - vals[r] if use_val else d
+            col4row = assign(cost)
+        for r in range(n):
+            c = col4row[r]
+            if c < 0 or not dist[r, c] < tag_thr:
+                c = p
+                p += 1
+            joints[c, j, 0] = xs[r]
+            joints[c, j, 1] = ys[r]
+            joints[c, j, 2] = vals[r]
+            joints[c, j, 3] = tags[r]
+            tag_sum[c] += tags[r]
+            tag_n[c] += 1.0
+    return joints[:p]
+
+
+@njit(cache=True, nogil=True)
+def _quarter(m, x, y):
+    """The official sub-pixel step: a quarter pixel toward the higher neighbour on x and on y, + 0.5."""
+    h, w = m.shape
+    dx = 0.25 if m[y, min(x + 1, w - 1)] > m[y, max(x - 1, 0)] else -0.25
+    dy = 0.25 if m[min(y + 1, h - 1), x] > m[max(y - 1, 0), x] else -0.25
+    return x + 0.5 + dx, y + 0.5 + dy
+
+
+#: refinement visits blocks of this many tiles squared, highest maximum first
+BLOCK = 4
+
+
+@njit(cache=True, nogil=True)
+def _block_order(tm):
+    """Blocks of BLOCK x BLOCK tiles by their maximum, highest first. -> (block indices, block maxima)."""
+    th, tw = tm.shape
+    bh, bw = (th + BLOCK - 1) // BLOCK, (tw + BLOCK - 1) // BLOCK
+    bmax = np.full(bh * bw, -np.inf, np.float32)
+    for ty in range(th):
+        for tx in range(tw):
+            b = (ty // BLOCK) * bw + tx // BLOCK
+            if tm[ty, tx] > bmax[b]:
+                bmax[b] = tm[ty, tx]
+    return np.argsort(-bmax, kind="mergesort"), bmax
+
+
+@njit(cache=True, nogil=True)
+def _tag_range(tag_lo, j, ty, tx):
+    """The range of joint j's aggregated tags in tile (ty, tx): a tile (8 stride-2 px or 16 input px) blends
+    a 4 x 4 block of stride-4 tags and a one-pixel margin, and blends stay in their sources' range (widened
+    by a few float32 roundings)."""
+    _, h, w = tag_lo.shape
+    a, b = np.inf, -np.inf
+    for y in range(max(4 * ty - 1, 0), min(4 * ty + 5, h)):
+        for x in range(max(4 * tx - 1, 0), min(4 * tx + 5, w)):
+            v = tag_lo[j, y, x]
+            a = min(a, v)
+            b = max(b, v)
+    return a - 1e-6 * (abs(a) + 1.0), b + 1e-6 * (abs(b) + 1.0)
+
+
+@njit(cache=True, nogil=True)
+def _tile_best(m, tg, prev, y0, y1, x0, x1, floor):
+    """The best ``heat - rint(|tag - prev|)`` in one tile and its lowest flat index (a branch-free scan for
+    the maximum, then the first pixel reaching it; -1 when the maximum is below ``floor``)."""
+    w = m.shape[1]
+    top = -np.inf
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            top = max(top, m[y, x] - np.rint(abs(tg[y, x] - prev)))
+    if top < floor:
+        return top, -1
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            if m[y, x] - np.rint(abs(tg[y, x] - prev)) == top:
+                return top, y * w + x
+    return top, y0 * w + x0
+
+
+@njit(cache=True, nogil=True)
+def _best_pixel(m, tag_lo, j, full, prev, tm, ranges, tg, done, blocks, bmax, tile):
+    """argmax of ``heat - rint(|tag - prev|)`` over joint j's map (lowest flat index on ties).
+
+    Blocks of tiles are visited highest heat first, until none can reach the best value so far; a tile is
+    skipped when its heat maximum minus the smallest penalty its tag range allows cannot (the penalty is
+    never negative, and rint is monotone), and a pixel when its heat alone cannot. A first pass looks only
+    at tiles whose tag range may carry no penalty (where the answer almost always is), so that the second
+    can skip the strong responses of other people. ``ranges`` (th, tw, 2) caches tag ranges (low > high:
+    not measured yet); tags are computed from the stride-4 map a tile at a time where needed, into ``tg``
+    (``done`` marks the tiles), and shared by every person's search."""
+    h, w = m.shape
+    bw = (tm.shape[1] + BLOCK - 1) // BLOCK
+    best = -np.inf
+    best_idx = -1
+    for second in (False, True):
+        for b in blocks:
+            if bmax[b] < best:
+                break
+            by, bx = b // bw, b % bw
+            for ty in range(by * BLOCK, min(by * BLOCK + BLOCK, tm.shape[0])):
+                for tx in range(bx * BLOCK, min(bx * BLOCK + BLOCK, tm.shape[1])):
+                    if tm[ty, tx] < best:
+                        continue
+                    if ranges[ty, tx, 0] > ranges[ty, tx, 1]:
+                        ranges[ty, tx, 0], ranges[ty, tx, 1] = _tag_range(tag_lo, j, ty, tx)
+                    penalty = np.rint(max(ranges[ty, tx, 0] - prev, prev - ranges[ty, tx, 1], 0.0))
+                    if (penalty > 0) != second or tm[ty, tx] - penalty < best:
+                        continue
+                    y0, y1 = ty * tile, min(ty * tile + tile, h)
+                    x0, x1 = tx * tile, min(tx * tile + tile, w)
+                    if not done[ty, tx]:
+                        _tag_tile(tag_lo, j, full, tg, y0, y1, x0, x1)
+                        done[ty, tx] = True
+                    tile_best, tile_idx = _tile_best(m, tg, prev, y0, y1, x0, x1, best)
+                    if tile_best > best or (tile_best == best and tile_idx < best_idx):
+                        best = tile_best
+                        best_idx = tile_idx
+    return best_idx
+
+
+@njit(cache=True, nogil=True)
+def _finish(joints, heat, tag_lo, full, tilemax, tile, adjust, refine, tags):
+    """Adjust grouped joints, score people, refine missing joints. -> (keypoints (P, K, 3), scores (P,))."""
+    p, k = joints.shape[0], joints.shape[1]
+    w = heat.shape[2]
+    kps = np.zeros((p, k, 3))
+    scores = np.zeros(p)
+    for i in range(p):
+        total = 0.0
+        for j in range(k):
+            x, y, v = joints[i, j, 0], joints[i, j, 1], joints[i, j, 2]
+            if v > 0 and adjust:
+                x, y = _quarter(heat[j], int(x), int(y))
+            kps[i, j, 0], kps[i, j, 1], kps[i, j, 2] = x, y, v
+            total += v
+        scores[i] = total / k
+    if not refine or p == 0:
+        return kps, scores
+    # each person's mean tag over its grouped joints (refinement of one joint does not change it)
+    prev = np.zeros(p)
+    for i in range(p):
+        s, n = 0.0, 0
+        for j in range(k):
+            if kps[i, j, 2] > 0:
+                s += joints[i, j, 3]
+                n += 1
+        prev[i] = s / n
+    th, tw = tilemax.shape[1], tilemax.shape[2]
+    ranges = np.empty((th, tw, 2))
+    done = np.zeros((th, tw), np.bool_)
+    for j in range(k):  # joint by joint, so one map stays in cache for every person's search
+        if (kps[:, j, 2] != 0).all():
+            continue
+        blocks, bmax = _block_order(tilemax[j])
+        ranges[..., 0] = np.inf  # low > high: not measured yet
+        ranges[..., 1] = -np.inf
+        done[:] = False
+        for i in range(p):
+            if kps[i, j, 2] != 0:
+                continue
+            best = _best_pixel(heat[j], tag_lo, j, full, prev[i], tilemax[j], ranges, tags[j], done, blocks,
+                               bmax, tile)  # fmt: skip
+            y, x = best // w, best % w
+            v = heat[j, y, x]
+            if v > 0:
+                kx, ky = _quarter(heat[j], x, y)
+                kps[i, j, 0], kps[i, j, 1], kps[i, j, 2] = kx, ky, v
+    return kps, scores
+
+
+def tile_size(project2image: bool) -> int:
+    """Tile side: 8 px on stride-2 maps, 16 at the input resolution; either way one 4 x 4 stride-4 block."""
+    return 16 if project2image else 8
+
+
+@njit(cache=True, nogil=True)
+def _decode_kernel(lo, tag_lo, hi, heat, tilemax, tags, tile, thr, radius, topk, order, tag_thr, flags):
+    """flags: project2image, use_detection_val, ignore_too_much, adjust, refine."""
+    full = flags[0]
+    _heat_into(lo, hi, full, tile, heat, tilemax)
+    count, top = _scan(heat, tilemax, thr, radius, topk, tile)
+    joints = _group(heat, tag_lo, full, count, top, order, topk, tag_thr, flags[1], flags[2])
+    return _finish(joints, heat, tag_lo, full, tilemax, tile, flags[3], flags[4], tags)
+
+
+_WORKSPACE = threading.local()
+
+
+def _buffers(k: int, h: int, w: int, tile: int) -> tuple[np.ndarray, ...]:
+    """This thread's heat and tag maps (K, H, W) and tile maxima, reused across frames (no page faults)."""
+    key = (k, h, w, tile)
+    cache = _WORKSPACE.__dict__.setdefault("buffers", {})
+    if key not in cache:
+        if len(cache) >= 4:
+            cache.clear()
+        tiles = np.empty((k, -(-h // tile), -(-w // tile)), np.float32)
+        cache[key] = (np.empty((k, h, w), np.float32), tiles, np.empty((k, h, w), np.float32))
+    return cache[key]
+
+
+def to_poses(
+    kps: np.ndarray, scores: np.ndarray, scale: float, meta: LetterboxMeta, params: SahrParams, k: int
+) -> Poses:
+    """Keypoints in parse-map pixels -> ``Poses`` in original pixels (boxes over positive-score joints)."""
+    if len(scores) == 0:
+        return Poses.empty(k)
+    n = len(scores)
+    xy = meta.to_original((kps[..., :2] * scale).reshape(n, 2 * k), clip=params.clip).reshape(n, k, 2)
+    found = kps[..., 2] > 0
+    lo = np.where(found[..., None], xy, np.inf).min(axis=1)
+    hi = np.where(found[..., None], xy, -np.inf).max(axis=1)
+    boxes = np.concatenate([lo, hi], axis=1)
+    keypoints = np.concatenate([xy, kps[..., 2:3]], axis=2)
+    return Poses(keypoints, scores, boxes, np.zeros(kps.shape[:2], bool))
+
+
+def parse_scale(params: SahrParams, head: SahrHead) -> int:
+    """Input pixels per pixel of the maps the parse runs on."""
+    return 1 if params.project2image else head.strides[1]
+
+
+def decode(outputs: Outputs, meta: LetterboxMeta, params: SahrParams, head: SahrHead) -> Poses:
+    """Raw SAHR outputs of one image -> ``Poses`` in original-image pixels, in the official group order."""
+    lo, tag, hi = read_outputs(outputs, head)
+    f, tile = (4 if params.project2image else 2), tile_size(params.project2image)
+    heat, tilemax, tags = _buffers(head.num_keypoints, f * lo.shape[1], f * lo.shape[2], tile)
+    p = params
+    flags = (p.project2image, p.use_detection_val, p.ignore_too_much, p.adjust, p.refine)
+    kps, scores = _decode_kernel(
+        lo,
+        tag,
+        hi,
+        heat,
+        tilemax,
+        tags,
+        tile,
+        params.threshold(head),
+        params.nms_kernel // 2,
+        params.max_people,
+        np.asarray(head.joint_order, np.int64),
+        params.tag_threshold,
+        np.array(flags),
+    )
+    return to_poses(kps, scores, parse_scale(params, head), meta, params, head.num_keypoints)
+
+
+def warmup(head: SahrHead) -> None:
+    """Compile (or load from numba's cache) the kernels for both presets."""
+    k = head.num_keypoints
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(0.0, 0.05, (k, 8, 8)).astype(np.float32)
+    lo[:, 2, 2], lo[:, 5, 6] = 0.9, 0.8
+    hi = upsample2(lo)
+    tag = np.zeros((k, 8, 8), np.float32)
+    tag[:, 4:] = 2.0
+    side = 8 * head.strides[0]
+    meta = LetterboxMeta(1.0, (0.0, 0.0), (side, side), (side, side))
+    names = head.output_names
+    for params in PRESETS.values():
+        decode({names[0]: lo, names[1]: tag, names[2]: hi}, meta, params, head)
+    assign(np.zeros((2, 3)))
+    assign(np.zeros((3, 2)))
+
+
+# -- the decoder-module protocol (see edgepose/families.py) ----------------------------------------------
+Head = SahrHead
+Params = SahrParams
+
+
+def describe_outputs(head: SahrHead) -> dict[str, str]:
+    """What each raw output holds, for the bundle manifest."""
+    k, (s_lo, s_hi) = head.num_keypoints, head.strides
+    lo, tags, hi = head.output_names
+    return {
+        lo: f"raw heatmaps at stride {s_lo}: (1, {k}, H/{s_lo}, W/{s_lo}), one per keypoint (no sigmoid)",
+        tags: f"associative-embedding tags at stride {s_lo}: (1, {k}, H/{s_lo}, W/{s_lo}), one value per "
+        "keypoint and pixel; a person's joints share a tag",
+        hi: f"raw heatmaps at stride {s_hi}: (1, {k}, H/{s_hi}, W/{s_hi}); the decoder averages them with "
+        f"the stride-{s_lo} ones resized (bilinear); the training-only scale maps are not in the graph",
+    }
+
+
+def peak_positions(heat: np.ndarray, ys: np.ndarray, xs: np.ndarray, js: np.ndarray, radius: int):
+    """Around each (j, y, x): the window argmax and its quarter-adjusted position, and the decision
+    margins (best minus second best in the window; |neighbour differences| of the adjustment)."""
+    k, h, w = heat.shape
+    heat = heat.astype(np.float64)
+    pos = np.empty((len(ys), 2))
+    margin = np.empty(len(ys))
+    for n, (j, y, x) in enumerate(zip(js, ys, xs)):
+        y0, y1 = max(y - radius, 0), min(y + radius + 1, h)
+        x0, x1 = max(x - radius, 0), min(x + radius + 1, w)
+        win = heat[j, y0:y1, x0:x1]
+        flat = np.sort(win.ravel())
+        by, bx = np.unravel_index(int(np.argmax(win)), win.shape)
+        by, bx = by + y0, bx + x0
+        m = heat[j]
+        pos[n] = _quarter(m, int(bx), int(by))
+        gaps = (
+            flat[-1] - flat[-2] if flat.size > 1 else np.inf,
+            abs(m[by, min(bx + 1, w - 1)] - m[by, max(bx - 1, 0)]),
+            abs(m[min(by + 1, h - 1), bx] - m[max(by - 1, 0), bx]),
+        )
+        margin[n] = min(gaps)
+    return pos, margin
+
+
+#: at most this many peaks per joint enter the parity comparison
+PARITY_PEAKS = 1000
+
+
+def decoded_difference(
+    reference: Outputs, candidate: Outputs, head: SahrHead, params: SahrParams, min_cells: int = 100
+) -> dict[str, float | int]:
+    """Largest keypoint shift (input pixels) between two raw outputs at the reference's peaks.
+
+    A peak is a local maximum of the reference's aggregated heatmap: those above the detection threshold
+    plus, always, the ``min_cells`` highest (a random network may have none above it). At each, both
+    outputs give the window argmax with the official quarter-pixel adjustment. Peaks whose decision the
+    raw tolerance cannot settle (a margin below 1e-3 of the heatmap range: a near-tie in the window or
+    between the neighbours) are counted in ``decoded_ambiguous`` and left out of the maximum.
+    ``decoded_tag_max_diff`` is the largest tag difference at the peaks (what grouping reads).
+    """
+    lo_r, tag_r, hi_r = read_outputs(reference, head)
+    lo_c, tag_c, hi_c = read_outputs(candidate, head)
+    heat_r, tg_r = aggregate(lo_r, tag_r, hi_r, params.project2image)
+    heat_c, tg_c = aggregate(lo_c, tag_c, hi_c, params.project2image)
+    radius = params.nms_kernel // 2
+    k, h, w = heat_r.shape
+    whole = np.full((k, 1, 1), np.inf, np.float32)  # one tile per map
+    count, top = _scan(heat_r, whole, -np.inf, radius, PARITY_PEAKS, max(h, w))
+    js = np.repeat(np.arange(k), count)
+    flat = np.concatenate([top[j, : count[j]] for j in range(k)])
+    vals = heat_r.reshape(k, -1)[js, flat]
+    keep = (vals > params.threshold(head)) | (np.argsort(np.argsort(-vals, kind="stable")) < min_cells)
+    js, flat = js[keep], flat[keep]
+    ys, xs = flat // w, flat % w
+    pos_r, margin = peak_positions(heat_r, ys, xs, js, radius)
+    pos_c, _ = peak_positions(heat_c, ys, xs, js, radius)
+    tol = 1e-3 * max(float(np.abs(heat_r).max()), 1e-12)
+    clear = margin > tol
+    shift = np.abs(pos_r - pos_c)[clear] * parse_scale(params, head)
+    tags = np.abs(tg_r.astype(np.float64) - tg_c)[js, ys, xs]
+    return {
+        "decoded_max_px": float(shift.max()) if shift.size else 0.0,
+        "decoded_cells": int(clear.sum()),
+        "decoded_ambiguous": int((~clear).sum()),
+        "decoded_tag_max_diff": float(tags.max()) if tags.size else 0.0,
+    }

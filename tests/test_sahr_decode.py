@@ -1,0 +1,314 @@
+"""SAHR/HigherHRNet decoder: the numba kernels against the vectorised numpy reference (random and hand-built
+maps), the official conventions on hand-built people (adjustment, scores, refinement, grouping by tag),
+the assignment against scipy, the aggregation against torch, and the parity measure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgepose.decoders import sahr_reference as ref
+from edgepose.decoders.sahr import (
+    PRESETS,
+    SahrHead,
+    SahrParams,
+    _heat_into,
+    aggregate,
+    assign,
+    decode,
+    decoded_difference,
+    default_joint_order,
+    describe_outputs,
+    tag_at,
+    upsample2,
+    warmup,
+)
+from edgepose.errors import BundleError, UsageError
+from edgepose.preprocess import LetterboxMeta
+
+K = 17
+HEAD = SahrHead(K, detection_threshold=0.1)
+NAMES = HEAD.output_names
+
+
+def _meta(side: int, gain: float = 1.0, pad: tuple[float, float] = (0.0, 0.0), orig=None) -> LetterboxMeta:
+    return LetterboxMeta(gain, pad, (side, side), orig or (side, side))
+
+
+def _same(a, b) -> None:
+    assert len(a) == len(b)
+    np.testing.assert_array_equal(a.keypoints, b.keypoints)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+
+
+def _both(outputs, meta, params, head=HEAD):
+    got = decode(outputs, meta, params, head)
+    _same(got, ref.decode_reference(outputs, meta, params, head))
+    return got
+
+
+def _random_outputs(seed: int, k: int = K, h: int = 16, w: int = 16, tag_scale: float = 2.0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        NAMES[0]: rng.uniform(0, 1, (1, k, h, w)).astype(np.float32),
+        NAMES[1]: rng.normal(0, tag_scale, (1, k, h, w)).astype(np.float32),
+        NAMES[2]: rng.uniform(0, 1, (1, k, 2 * h, 2 * w)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numba_equals_the_numpy_reference_on_random_maps(seed):
+    out = _random_outputs(seed)
+    meta = _meta(64, gain=0.8, pad=(0.0, 6.0), orig=(80, 70))
+    variants = [
+        {},
+        {"detection_threshold": 0.6},
+        {"use_detection_val": False},
+        {"max_people": 3},
+        {"max_people": 2, "ignore_too_much": True},
+        {"adjust": False},
+        {"refine": False},
+        {"nms_kernel": 3, "tag_threshold": 0.5},
+    ]
+    for preset in PRESETS.values():
+        for v in variants:
+            got = _both(out, meta, preset.replace(**v), HEAD)
+            assert len(got) > 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_numba_equals_the_reference_on_maps_full_of_ties(seed):
+    """Heat in eighths and tags in quarters: plateaus for the NMS and the refinement argmax, distances of
+    exactly 0.5 for rint, equally cheap assignments."""
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(4, 20, 2))
+    out = {
+        NAMES[0]: (rng.integers(0, 8, (K, h, w)) / 8).astype(np.float32),
+        NAMES[1]: (rng.integers(-8, 8, (K, h, w)) / 4).astype(np.float32),
+        NAMES[2]: (rng.integers(0, 8, (K, 2 * h, 2 * w)) / 8).astype(np.float32),
+    }
+    meta = LetterboxMeta(1.0, (0.0, 0.0), (4 * w, 4 * h), (4 * w, 4 * h))
+    for params in (*PRESETS.values(), PRESETS["realtime"].replace(detection_threshold=0.0, max_people=5)):
+        _both(out, meta, params)
+
+
+def test_numba_equals_the_reference_on_other_shapes_and_keypoint_counts():
+    for seed, (k, h, w) in enumerate([(14, 8, 12), (5, 12, 8), (17, 24, 16)]):
+        out = _random_outputs(seed, k, h, w, tag_scale=5.0)
+        head = SahrHead(k)
+        assert head.joint_order == default_joint_order(k)
+        for preset in PRESETS.values():
+            _both(out, _meta(4 * max(h, w)), preset, head)
+
+
+def test_flat_maps_give_no_poses_and_warmup_compiles():
+    warmup(HEAD)
+    out = {NAMES[0]: np.zeros((1, K, 8, 8), np.float32), NAMES[1]: np.zeros((1, K, 8, 8), np.float32)}
+    out[NAMES[2]] = np.zeros((1, K, 16, 16), np.float32)
+    for preset in PRESETS.values():
+        assert len(_both(out, _meta(32), preset)) == 0
+
+
+# --- hand-built scenes -----------------------------------------------------------------------------------
+# Heatmaps are built at stride 2 (the realtime parse resolution): heatmaps_lo = 0 and heatmaps_hi = 2 x the
+# wanted map, so the aggregated map is exactly the wanted one. Tags are set at stride 4.
+
+
+def _scene(h: int = 32, w: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((K, 2 * h, 2 * w), np.float32), np.zeros((K, h, w), np.float32)
+
+
+def _peak(heat: np.ndarray, j: int, x: int, y: int, v: float = 0.8) -> None:
+    """A peak at (x, y) whose right and upper neighbours are the higher ones (adjust: +0.25 x, -0.25 y)."""
+    heat[j, y, x] = v
+    heat[j, y, x + 1], heat[j, y, x - 1] = 0.5 * v, 0.3 * v
+    heat[j, y - 1, x], heat[j, y + 1, x] = 0.4 * v, 0.2 * v
+
+
+def _outputs(heat: np.ndarray, tags: np.ndarray) -> dict:
+    _, h, w = tags.shape
+    return {NAMES[0]: np.zeros((1, K, h, w), np.float32), NAMES[1]: tags[None], NAMES[2]: 2 * heat[None]}
+
+
+def _person(heat, x0: int, y0: int, skip: tuple[int, ...] = ()) -> np.ndarray:
+    """17 joints in a column of peaks from (x0, y0), 3 px apart; returns their (x, y) at stride 2."""
+    xy = np.array([(x0 + (j % 2) * 4, y0 + 3 * j) for j in range(K)])
+    for j, (x, y) in enumerate(xy):
+        if j not in skip:
+            _peak(heat, j, x, y)
+    return xy
+
+
+def test_a_person_is_decoded_with_the_official_conventions():
+    heat, tags = _scene()
+    xy = _person(heat, 10, 6)
+    tags[:] = 0.75
+    meta = _meta(128, gain=0.5, pad=(4.0, 8.0), orig=(248, 240))
+    realtime = PRESETS["realtime"].replace(detection_threshold=0.1)
+    poses = _both(_outputs(heat, tags), meta, realtime)
+    assert len(poses) == 1
+    # stride-2 pixel (x, y) -> adjusted (x + 0.75, y + 0.25) -> input px x 2 -> original (p - pad) / gain
+    want_x = (2 * (xy[:, 0] + 0.75) - 4.0) / 0.5
+    want_y = (2 * (xy[:, 1] + 0.25) - 8.0) / 0.5
+    np.testing.assert_allclose(poses.keypoints[0, :, 0], want_x, rtol=1e-6)
+    np.testing.assert_allclose(poses.keypoints[0, :, 1], want_y, rtol=1e-6)
+    np.testing.assert_allclose(poses.keypoints[0, :, 2], 0.8, rtol=1e-6)
+    assert poses.scores[0] == pytest.approx(0.8)
+    np.testing.assert_allclose(poses.boxes[0], [want_x.min(), want_y.min(), want_x.max(), want_y.max()])
+    # at the input resolution (official PROJECT2IMAGE) the same person lands within an input pixel
+    full = _both(_outputs(heat, tags), meta, PRESETS["accuracy"].replace(detection_threshold=0.1))
+    assert len(full) == 1
+    assert np.abs(full.keypoints[0, :, :2] - poses.keypoints[0, :, :2]).max() * meta.gain <= 1.0
+
+
+def test_two_people_with_close_tags_are_told_apart_by_rounding():
+    heat, tags = _scene()
+    a = _person(heat, 8, 6)
+    b = _person(heat, 40, 6)
+    tags[:, :, :16] = 0.0
+    tags[:, :, 16:] = 0.75  # 0.75 apart: under the tag threshold (1), but rint(0.75) = 1 costs 100
+    poses = _both(_outputs(heat, tags), _meta(128), PRESETS["realtime"].replace(detection_threshold=0.1))
+    assert len(poses) == 2
+    xs = poses.keypoints[..., 0] / 2 - 0.75
+    np.testing.assert_allclose(np.sort(xs, axis=0), np.stack([a[:, 0], b[:, 0]]), atol=1e-5)
+    assert (poses.keypoints[..., 2] > 0).all()
+
+
+def test_tags_within_half_a_unit_tie_and_both_decoders_break_the_tie_alike():
+    heat, tags = _scene()
+    _person(heat, 8, 6)
+    _person(heat, 40, 6)
+    tags[:, :, 16:] = 0.25  # rint(0.25) = 0: every match costs the same
+    params = PRESETS["realtime"].replace(detection_threshold=0.1)
+    poses = _both(_outputs(heat, tags), _meta(128), params)
+    assert len(poses) == 2 and (poses.keypoints[..., 2] > 0).all()
+
+
+def test_refinement_fills_a_missing_joint_from_the_persons_tag():
+    heat, tags = _scene()
+    xy = _person(heat, 10, 6, skip=(9,))
+    x9, y9 = xy[9]
+    heat[9, y9, x9] = 0.05  # under the threshold: grouping misses it
+    heat[9, y9, x9 - 1] = 0.02  # left neighbour higher: adjust -0.25 on x
+    heat[9, 40, 50] = 0.5  # a stronger response elsewhere, with another person's tag
+    tags[:] = 0.75
+    tags[9, 18:22, 23:27] = 3.0  # around (50, 40) at stride 2
+    params = PRESETS["realtime"].replace(detection_threshold=0.1)
+    poses = _both(_outputs(heat, tags), _meta(128), params)
+    assert len(poses) == 2  # the stray response starts its own group
+    person = poses.select(poses.scores > 0.5)
+    assert person.scores[0] == pytest.approx(16 * 0.8 / 17)  # before refinement, missing counts 0
+    kp = person.keypoints[0, 9]
+    assert kp[2] == pytest.approx(0.05)
+    # x: the left neighbour is higher (-0.25); y: a tie (0 and 0) also steps back (-0.25), as official
+    assert kp[0] == pytest.approx(2 * (x9 + 0.25)) and kp[1] == pytest.approx(2 * (y9 + 0.25))
+    unrefined = _both(_outputs(heat, tags), _meta(128), params.replace(refine=False))
+    assert unrefined.select(unrefined.scores > 0.5).keypoints[0, 9, 2] == 0
+
+
+def test_more_detections_than_people_start_new_groups():
+    heat, tags = _scene()
+    _person(heat, 8, 6)
+    _person(heat, 40, 6)
+    tags[:, :, :16] = 0.0
+    tags[:, :, 16:] = 3.0
+    for x, y, t in ((26, 10, 6.0), (26, 30, 9.0), (26, 50, 0.0)):  # three extra wrists (joint 9)
+        _peak(heat, 9, x, y, 0.6)
+        tags[9, y // 2 - 1 : y // 2 + 2, x // 2 - 1 : x // 2 + 2] = t
+    params = PRESETS["realtime"].replace(detection_threshold=0.1, refine=False)
+    poses = _both(_outputs(heat, tags), _meta(128), params)
+    found = (poses.keypoints[..., 2] > 0).sum(1)
+    # the third extra wrist has person A's tag, but A already has a stronger wrist: it starts a group too
+    assert len(poses) == 5 and sorted(found.tolist()) == [1, 1, 1, 17, 17]
+    singles = poses.scores[found == 1]
+    np.testing.assert_allclose(singles, 0.6 / 17, rtol=1e-6)
+    capped = _both(_outputs(heat, tags), _meta(128), params.replace(max_people=2))
+    assert (capped.keypoints[..., 2] > 0).sum(1).tolist() == [17, 17]  # top-2 per joint only
+
+
+# --- pieces ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_assignment_equals_scipy_including_ties(seed):
+    scipy_opt = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(seed)
+    for nr, nc in ((5, 5), (3, 7), (8, 4), (1, 6), (6, 1), (30, 30)):
+        for cost in (rng.normal(0, 1, (nr, nc)), rng.integers(0, 3, (nr, nc)).astype(float) * 100.0):
+            rows, cols = scipy_opt.linear_sum_assignment(cost)
+            got = assign(cost)
+            assert np.array_equal(got[rows], cols) and (got >= 0).sum() == len(rows)
+            assert np.array_equal(ref.assign(cost), got)
+    assert assign(np.zeros((0, 3))).shape == (0,) and (assign(np.zeros((2, 0))) == -1).all()
+
+
+def test_aggregation_matches_torch_and_the_fast_kernels_bit_for_bit():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    lo = rng.normal(0, 1, (3, 6, 10)).astype(np.float32)
+    hi = rng.normal(0, 1, (3, 12, 20)).astype(np.float32)
+    tag = rng.normal(0, 1, (3, 6, 10)).astype(np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(lo)[None], size=(12, 20), mode="bilinear")[0]
+    np.testing.assert_allclose(upsample2(lo), up.numpy(), atol=1e-6)
+    for full in (False, True):
+        heat, tags = aggregate(lo, tag, hi, full)
+        want = (up + torch.from_numpy(hi)) / 2
+        if full:
+            want = torch.nn.functional.interpolate(want[None], scale_factor=2.0, mode="bilinear")[0]
+        np.testing.assert_allclose(heat, want.numpy(), atol=1e-5)
+        tile = 16 if full else 8
+        into = np.empty_like(heat)
+        tilemax = np.empty((3, -(-heat.shape[1] // tile), -(-heat.shape[2] // tile)), np.float32)
+        _heat_into(lo, hi, full, tile, into, tilemax)
+        assert np.array_equal(into, heat) and tilemax.max() == heat.max()
+        assert tilemax[1, 0, 0] == heat[1, :tile, :tile].max()
+        np.testing.assert_array_equal(ref.aggregate(lo, tag, hi, full)[0], heat)
+        _, th, tw = tags.shape
+        lazy = [tag_at(tag, j, y, x, full) for j in range(3) for y in range(th) for x in range(tw)]
+        assert np.array_equal(np.array(lazy, np.float32).reshape(tags.shape), tags)
+
+
+def test_head_and_params_validate_and_round_trip():
+    head = SahrHead.from_dict(HEAD.to_dict())
+    assert head == HEAD and SahrHead(14).joint_order == (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13)
+    assert SahrHead(20).joint_order == tuple(range(20))
+    for p in PRESETS.values():
+        assert SahrParams.from_dict(p.to_dict()) == p
+    assert PRESETS["accuracy"].threshold(SahrHead(17, detection_threshold=0.12)) == 0.12
+    assert PRESETS["realtime"].threshold(HEAD) == 0.2
+    with pytest.raises(UsageError, match="odd"):
+        SahrParams(nms_kernel=4)
+    with pytest.raises(UsageError, match="unknown SAHR decoder parameter"):
+        PRESETS["realtime"].replace(conf=0.3)
+    with pytest.raises(UsageError, match="permutation"):
+        SahrHead(3, joint_order=(0, 1, 1))
+    with pytest.raises(BundleError, match="lacks num_keypoints"):
+        SahrHead.from_dict({})
+    assert list(describe_outputs(HEAD)) == list(NAMES)
+
+
+def test_outputs_that_do_not_match_the_head_are_refused():
+    out = _random_outputs(0)
+    with pytest.raises(BundleError, match="do not match"):
+        decode({**out, NAMES[2]: out[NAMES[2]][:, :, :8]}, _meta(64), PRESETS["realtime"], HEAD)
+    with pytest.raises(BundleError, match="needs outputs"):
+        decode({"heatmap": out[NAMES[0]]}, _meta(64), PRESETS["realtime"], HEAD)
+
+
+def test_decoded_difference_is_zero_for_equal_outputs_and_sees_a_moved_peak():
+    heat, tags = _scene()
+    _person(heat, 10, 6)
+    tags[:] = 0.75
+    out = _outputs(heat, tags)
+    params = PRESETS["realtime"]
+    same = decoded_difference(out, out, HEAD, params)
+    assert same["decoded_max_px"] == 0 and same["decoded_cells"] >= 17 and same["decoded_tag_max_diff"] == 0
+    moved = {k: v.copy() for k, v in out.items()}
+    hi = moved[NAMES[2]][0, 4]
+    y, x = np.unravel_index(int(np.argmax(hi)), hi.shape)
+    hi[y, x + 1] = 2.0  # the peak moves one stride-2 pixel right: x + 0.75 -> x + 1.25, 1 input px
+    diff = decoded_difference(out, moved, HEAD, params)
+    assert diff["decoded_max_px"] == pytest.approx(1.0)
+    noisy = {k: v + np.float32(1e-7) for k, v in out.items()}
+    assert decoded_difference(out, noisy, HEAD, params)["decoded_max_px"] == 0
