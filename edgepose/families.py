@@ -4,6 +4,7 @@ Every family has a decoder module ``edgepose.decoders.<family>`` with the same s
 
 - ``Head``: the head constants (``from_dict``/``to_dict``, ``output_names``), stored in the manifest;
 - ``Params`` (``from_dict``/``to_dict``/``replace``) and ``PRESETS`` (``accuracy`` and ``realtime``);
+- ``CONF_PARAM``: the name of the main detection threshold (what ``--conf`` sets);
 - ``decode(outputs, meta, params, head) -> Poses`` and ``warmup(head)``;
 - ``describe_outputs(head) -> {name: meaning}`` for the manifest;
 - ``decoded_difference(reference, candidate, head, params) -> {"decoded_max_px", ...}`` for parity.
@@ -94,7 +95,11 @@ def make_decoder(
         raise UsageError(f"unknown preset '{preset}'; this bundle has: {', '.join(presets)}")
     params = mod.Params.from_dict(presets[preset])
     if overrides:
-        params = params.replace(**dict(overrides))
+        overrides = dict(overrides)
+        if "conf" in overrides and getattr(mod, "CONF_PARAM", "conf") != "conf":
+            # ``conf`` is the CLI's family-neutral name for the main detection threshold.
+            overrides[mod.CONF_PARAM] = overrides.pop("conf")
+        params = params.replace(**overrides)
     return Decoder(str(family), preset, params, mod.Head.from_dict(cfg["head"]), mod)
 
 

@@ -107,3 +107,11 @@ def test_the_same_onnx_runs_on_openvino(tiny_bundle):
     result = compiled({0: x})
     for i, name in enumerate(("heatmap", "offset")):
         assert float(np.abs(result[i] - ref[name]).max() / np.abs(ref[name]).max()) <= 1e-4
+
+
+def test_conf_override_maps_to_the_family_threshold():
+    from edgepose.families import decoder_config, make_decoder
+    from edgepose.models.zoo import build_model
+
+    cfg = decoder_config("dekr", build_model("dekr-t").head_spec())
+    assert make_decoder(cfg, "realtime", {"conf": 0.33}).params.center_threshold == pytest.approx(0.33)

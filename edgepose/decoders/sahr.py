@@ -933,3 +933,6 @@ def decoded_difference(
         "decoded_ambiguous": int((~clear).sum()),
         "decoded_tag_max_diff": float(tags.max()) if tags.size else 0.0,
     }
+
+#: the parameter ``edgepose predict --conf`` sets for this family
+CONF_PARAM = "detection_threshold"
