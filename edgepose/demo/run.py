@@ -23,9 +23,13 @@ from edgepose.demo.sources import FrameSource, open_source
 
 
 def inference_threads(cores: int | None = None) -> int:
-    """Cores left for inference once capture, pre/post-processing and drawing have one: max(1, cores - 1)."""
-    n = cores if cores is not None else (os.cpu_count() or 1)
-    return max(1, n - 1)
+    """Every core: the other stages are light (~5 ms a frame) and mostly wait on queues.
+
+    Measured with benchmarks/demo_pipeline.py on this project's idle 2-core machine (kapao-n 640):
+    2 inference threads 38.5 FPS, 1 thread 27.5 FPS. With another job holding a core, 1 thread wins
+    (81 vs 155 ms per inference): pass --threads 1 there.
+    """
+    return cores if cores is not None else (os.cpu_count() or 1)
 
 
 def load_estimator(
