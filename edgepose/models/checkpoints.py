@@ -224,7 +224,7 @@ def _from_edgepose(obj: dict, arch: str | None, p: Path) -> tuple[nn.Module, dic
     state = obj.get(source)
     if not _is_state_dict(state):
         raise CheckpointError(f"checkpoint '{p}' has no state dict under '{source}'")
-    _load_state(model, state, name, p)
+    load_state_strict(model, state, name, p)
     epoch = obj.get("epoch")
     info = {
         "format": "edgepose",
@@ -271,7 +271,7 @@ def _from_official(ckpt: dict, arch: str | None, p: Path) -> tuple[nn.Module, di
     model = KapaoModel(cfg)
     state = _collect_state(root, "", {}, p)
     state.pop("loss_coeffs", None)  # Model(autobalance=True) training-only parameter, not part of the network
-    _load_state(model, state, name, p)
+    load_state_strict(model, state, name, p)
     epoch = ckpt.get("epoch")
     names = root.get("names")
     info = {
@@ -319,7 +319,7 @@ def _from_state_dict(obj: Any, arch: str | None, p: Path) -> tuple[nn.Module, di
         )
     info_z = get_model_info(arch)
     model = build_model(info_z)
-    _load_state(model, {_strip_module(k): v for k, v in state.items()}, arch, p)
+    load_state_strict(model, {_strip_module(k): v for k, v in state.items()}, arch, p)
     epoch = obj.get("epoch") if isinstance(obj, dict) else None
     info = {
         "format": "state_dict",
@@ -390,8 +390,11 @@ def _collect_state(obj: PickledObject, prefix: str, out: dict[str, torch.Tensor]
     return out
 
 
-def _load_state(model: nn.Module, state: Mapping[str, Any], name: str, p: Path) -> None:
-    """Strict load with one clear sentence for the first difference (keys, then shapes)."""
+def load_state_strict(model: nn.Module, state: Mapping[str, Any], name: str, p: Path | str) -> None:
+    """Strict load with one clear sentence for the first difference (keys, then shapes).
+
+    Every family's loader uses this, so a wrong checkpoint reads the same whatever the architecture.
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]

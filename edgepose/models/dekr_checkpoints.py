@@ -91,27 +91,10 @@ def _zoo_name(cfg: DekrConfig) -> str:
 
 
 def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str, source: str) -> None:
-    """Strict load with one sentence for the first difference (missing/unexpected keys, then shapes)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} key(s) missing (e.g. '{missing[0]}')")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. '{unexpected[0]}')")
-        raise CheckpointError(f"checkpoint '{source}' does not match {name}: {' and '.join(parts)}")
-    merged = {}
-    for key, ref in expected.items():
-        t = state.get(key, ref)
-        if t.shape != ref.shape:
-            raise CheckpointError(
-                f"checkpoint '{source}' does not match {name}: '{key}' has shape {tuple(t.shape)} in the "
-                f"checkpoint but {tuple(ref.shape)} in the model"
-            )
-        merged[key] = t.to(ref.dtype) if t.is_floating_point() else t
-    model.load_state_dict(merged, strict=True)
+    """Strict load with one sentence for the first difference (the loader every family shares)."""
+    from edgepose.models.checkpoints import load_state_strict  # lazy: checkpoints imports this module lazily
+
+    load_state_strict(model, state, name, source)
 
 
 def load_dekr_state(
