@@ -86,6 +86,7 @@ def run_predict(
         raise UsageError(f"output {output} exists and is not a folder")
     est = PoseEstimator(bundle, preset=preset, runtime=runtime, device=device, **(overrides or {}))
     is_video = source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES
+    fps = _video_fps(source) if is_video else 0.0
     frames = _frames(source)
     first = next(frames)  # reads (and validates) the source before anything is written
     output.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,6 @@ def run_predict(
             drawn = draw_poses(frame, poses, est.skeleton, draw_boxes=draw_boxes, copy=False)
             if is_video:
                 if writer is None:
-                    fps = cv2.VideoCapture(str(source)).get(cv2.CAP_PROP_FPS) or 30.0
                     writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
                 writer.write(drawn)
             else:
@@ -131,6 +131,15 @@ def run_predict(
         lambda p: p.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8"),
     )
     return {"images": len(images), "poses": len(results), "output": str(output)}
+
+
+def _video_fps(path: Path) -> float:
+    """The source's frame rate (30 when the container does not say), so the output plays at its speed."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return cap.get(cv2.CAP_PROP_FPS) or 30.0
+    finally:
+        cap.release()
 
 
 def _chain(first: tuple[str, np.ndarray], rest: Iterator[tuple[str, np.ndarray]]):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,6 @@ class ExportOptions:
     skeleton: str | None = None
     overwrite: bool = False
     dynamic: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from edgepose.errors import UsageError
 
@@ -287,26 +288,6 @@ def concat_branches(ys: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([ys[0], *up], 1)
 
 
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A convolution equal to ``bn(conv(x))`` in eval mode."""
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=True,
-    ).to(conv.weight.device)
-    with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    return fused
-
-
 def fold_batchnorms(root: nn.Module) -> nn.Module:
     """Fold every BatchNorm that directly follows a convolution into it, in place (eval mode).
 
@@ -319,13 +300,13 @@ def fold_batchnorms(root: nn.Module) -> nn.Module:
             children = list(module._modules.items())
             for (name_c, conv), (name_b, bn) in zip(children, children[1:]):
                 if type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
-                    module._modules[name_c] = fold_conv_bn(conv, bn)
+                    module._modules[name_c] = fuse_conv_bn_eval(conv.eval(), bn.eval())
                     module._modules[name_b] = nn.Identity()
         for name, bn in list(module._modules.items()):
             if not (isinstance(bn, nn.BatchNorm2d) and name.startswith("bn") and name[2:].isdigit()):
                 continue
             conv = module._modules.get(f"conv{name[2:]}")
             if type(conv) is nn.Conv2d:
-                module._modules[f"conv{name[2:]}"] = fold_conv_bn(conv, bn)
+                module._modules[f"conv{name[2:]}"] = fuse_conv_bn_eval(conv.eval(), bn.eval())
                 module._modules[name] = nn.Identity()
     return root

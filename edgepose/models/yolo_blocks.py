@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 BN_EPS = 1e-3  # YOLOv5's initialize_weights() sets these on every BatchNorm2d
 BN_MOMENTUM = 0.03
@@ -32,30 +33,8 @@ class Conv(nn.Module):
         """Fold the BatchNorm into the convolution (inference only; the bn becomes Identity)."""
         if isinstance(self.bn, nn.Identity):
             return
-        self.conv = fuse_conv_bn(self.conv, self.bn)
+        self.conv = fuse_conv_bn_eval(self.conv.eval(), self.bn.eval())
         self.bn = nn.Identity()
-
-
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A Conv2d with bias whose output equals ``bn(conv(x))`` in eval mode."""
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=True,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    return fused.requires_grad_(False)
 
 
 class Focus(nn.Module):
