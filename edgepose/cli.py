@@ -287,6 +287,58 @@ def evaluate(
 
 
 @app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="zoo name (random init) or a checkpoint to fine-tune")],
+    data: Annotated[str, typer.Option(help="'synthetic' or a folder of COCO keypoint data")] = "synthetic",
+    epochs: Annotated[int, typer.Option(help="epochs")] = 100,
+    imgsz: Annotated[str, typer.Option(help="training input size N or WxH")] = "384",
+    batch: Annotated[int, typer.Option(help="batch size")] = 16,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="run folder (last.pt, best.pt, state.pt)")
+    ] = Path("runs/train"),
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --output exactly")] = False,
+    skeleton: Annotated[str, typer.Option(help="coco-17 | crowdpose-14 | skeleton.json")] = "coco-17",
+    arch: Annotated[
+        str | None, typer.Option(help="zoo architecture of a plain state-dict checkpoint")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="initial learning rate (default: the optimizer's)")] = None,
+    optimizer: Annotated[str, typer.Option(help="adamw | sgd")] = "adamw",
+    images_per_epoch: Annotated[int, typer.Option(help="synthetic images per epoch")] = 2000,
+    val_images: Annotated[int, typer.Option(help="held-out synthetic images for the per-epoch AP")] = 100,
+    eval_every: Annotated[int, typer.Option(help="validate every N epochs (0: never)")] = 0,
+    mosaic: Annotated[float, typer.Option(help="probability of 4-image mosaic augmentation")] = 0.0,
+    workers: Annotated[int, typer.Option(help="data-loading worker processes")] = 1,
+    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    seed: Annotated[int, typer.Option(help="seed for initialisation, data order and augmentation")] = 0,
+) -> None:
+    """Train or fine-tune a KAPAO model (resumable; the EMA weights are what is saved)."""
+    from edgepose.training.trainer import train as run_training
+
+    best = run_training(
+        model,
+        data=data,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        output=output,
+        resume=resume,
+        skeleton=skeleton,
+        arch=arch,
+        lr=lr,
+        optimizer=optimizer,
+        images_per_epoch=images_per_epoch,
+        val_images=val_images,
+        eval_every=eval_every,
+        mosaic=mosaic,
+        workers=workers,
+        threads=threads,
+        seed=seed,
+        command="edgepose " + " ".join(sys.argv[1:]),
+    )
+    typer.echo(str(best))
+
+
+@app.command()
 def doctor() -> None:
     """Which runtimes, devices and accelerators this machine has."""
     from rich.console import Console

@@ -378,3 +378,25 @@ def test_user_mistakes_are_one_sentence_errors(tmp_path):
     with pytest.raises(UsageError):
         train("kapao-x", data=str(_coco_dir(tmp_path / "d", 4, 17)), imgsz=128, batch=4,
               output=tmp_path / "e", progress=False)
+
+
+def test_cli_trains_resumes_and_reports_mistakes_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    data = _coco_dir(tmp_path / "data", 4, 17)
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "edgepose.cli", "train", "kapao-t", "--data", str(data), "--epochs", "1",
+            "--imgsz", "128", "--batch", "4", "--workers", "0", "--threads", "1", "--output", str(out)]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    from edgepose.models.checkpoints import load_checkpoint
+
+    model, info = load_checkpoint(out / "last.pt")
+    assert info["epoch"] == 1 and model.cfg.num_keypoints == 17
+    assert "edgepose train kapao-t" in torch.load(out / "last.pt", weights_only=True)["command"]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=120)  # a run is there already
+    assert res.returncode != 0 and "--resume" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run([*args[:-1], str(tmp_path / "none"), "--resume"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode != 0 and "nothing to resume" in res.stderr and "Traceback" not in res.stderr
