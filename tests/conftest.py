@@ -14,3 +14,18 @@ def kapao_t():
 
     torch.manual_seed(0)
     return build_model("kapao-t").eval()
+
+
+@pytest.fixture(scope="session")
+def kapao_t_bundle(tmp_path_factory):
+    """One random-weight ``kapao-t`` CPU bundle at 256 px for every test that just needs *a* bundle.
+
+    Treat it as read-only: copy it (``shutil.copytree``) before changing anything in it.
+    """
+    pytest.importorskip("torch")
+    from edgepose.export.pipeline import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("shared-bundle") / "kapao-t-256"
+    opts = ExportOptions(model="kapao-t", random_weights=True, imgsz="256", output=out)
+    export_model(opts, log=lambda m: None)
+    return out

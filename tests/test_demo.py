@@ -26,15 +26,8 @@ VIDEO = sample_video_path()
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    pytest.importorskip("torch")
-    from edgepose.export.pipeline import ExportOptions, export_model
-
-    out = tmp_path_factory.mktemp("demo") / "kapao-t-256"
-    export_model(
-        ExportOptions(model="kapao-t", random_weights=True, imgsz="256", output=out), log=lambda m: None
-    )
-    return out
+def bundle(kapao_t_bundle) -> Path:
+    return kapao_t_bundle
 
 
 @pytest.fixture(scope="module")

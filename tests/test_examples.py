@@ -15,15 +15,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    pytest.importorskip("torch")
-    from edgepose.export.pipeline import ExportOptions, export_model
-
-    out = tmp_path_factory.mktemp("examples") / "kapao-t-256"
-    export_model(
-        ExportOptions(model="kapao-t", random_weights=True, imgsz="256", output=out), log=lambda m: None
-    )
-    return out
+def bundle(kapao_t_bundle) -> Path:
+    return kapao_t_bundle
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
