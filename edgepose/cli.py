@@ -339,6 +339,98 @@ def train(
 
 
 @app.command()
+def compare(
+    bundle_a: Annotated[Path, typer.Argument(help="first bundle folder (the reference by default)")],
+    bundle_b: Annotated[Path, typer.Argument(help="second bundle folder (same skeleton)")],
+    images: Annotated[Path, typer.Option(help="folder of images, an image, or a video")],
+    preset: Annotated[str, typer.Option(help="decoder preset: accuracy | realtime")] = "accuracy",
+    reference: Annotated[str, typer.Option(help="whose poses count as the truth: a | b")] = "a",
+    runtime_a: Annotated[str | None, typer.Option(help="override BUNDLE_A's runtime")] = None,
+    runtime_b: Annotated[str | None, typer.Option(help="override BUNDLE_B's runtime")] = None,
+    max_images: Annotated[int | None, typer.Option(help="compare on the first N images only", min=1)] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the figures to this JSON file")
+    ] = None,
+    max_keypoint_px: Annotated[
+        float | None, typer.Option(help="exit 1 when a matched keypoint moves further than this (pixels)")
+    ] = None,
+    min_oks: Annotated[float | None, typer.Option(help="exit 1 when the mean OKS is below this")] = None,
+) -> None:
+    """Pose-level agreement of BUNDLE_A and BUNDLE_B on the same images (runtimes, precisions, sizes)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgepose.compare import check_thresholds, compare_bundles, worst_images
+
+    result = compare_bundles(
+        bundle_a,
+        bundle_b,
+        images,
+        preset=preset,
+        reference=reference,
+        runtime_a=runtime_a,
+        runtime_b=runtime_b,
+        max_images=max_images,
+        progress=True,
+    )
+    s, a, b = result["summary"], result["bundle_a"], result["bundle_b"]
+
+    def fmt(v: float | None, spec: str = ".4f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    table = Table(title=f"compare ({result['preset']} preset, reference {reference.upper()})")
+    table.add_column("")
+    table.add_column("A")
+    table.add_column("B")
+    for key in ("name", "target", "precision", "runtime"):
+        table.add_row(key, str(a[key]), str(b[key]))
+    table.add_row("input", "x".join(map(str, a["input_size"])), "x".join(map(str, b["input_size"])))
+    table.add_row("poses", str(s["poses_a"]), str(s["poses_b"]))
+    table.add_row("unmatched", str(s["unmatched_a"]), str(s["unmatched_b"]))
+    figures = Table(title=f"agreement over {s['images']} image(s), {s['matched']} matched pose(s)")
+    figures.add_column("figure")
+    figures.add_column("value", justify="right")
+    for label, value in (
+        ("match rate", f"{s['match_rate']:.4f}"),
+        ("OKS mean / min", f"{fmt(s['mean_oks'])} / {fmt(s['min_oks'])}"),
+        (
+            "keypoint px mean / p95 / max",
+            "{} / {} / {}".format(
+                *(fmt(s[k], ".2f") for k in ("mean_keypoint_px", "p95_keypoint_px", "max_keypoint_px"))
+            ),
+        ),
+        ("score drift (B - A)", fmt(s["mean_score_drift"], "+.4f")),
+        ("max score difference", fmt(s["max_score_diff"])),
+    ):
+        figures.add_row(label, value)
+    worst = Table(title="worst images by mean OKS")
+    for col in ("image", "poses A", "poses B", "matched", "OKS mean", "px max"):
+        worst.add_column(col)
+    for r in worst_images(result, 5):
+        worst.add_row(
+            r["image"],
+            str(r["poses_a"]),
+            str(r["poses_b"]),
+            str(r["matched"]),
+            fmt(r["mean_oks"]),
+            fmt(r["max_keypoint_px"], ".2f"),
+        )
+    console = Console()
+    console.print(table)
+    console.print(figures)
+    if worst.row_count:
+        console.print(worst)
+    if json_out is not None:
+        from edgepose.bundle import write_json_atomic
+
+        write_json_atomic(json_out, result)
+    failed = check_thresholds(s, max_keypoint_px=max_keypoint_px, min_oks=min_oks)
+    if failed:
+        print(f"agreement check failed: {failed}", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command()
 def doctor() -> None:
     """Which runtimes, devices and accelerators this machine has."""
     from rich.console import Console

@@ -33,8 +33,8 @@ def test_help_is_fast():
 
 def test_every_command_has_help():
     # Every command the README and the issues name: a command lost from the app fails here.
-    for cmd in ("models", "export", "build", "predict", "demo", "synth", "eval", "train", "doctor", "bench",
-                "report"):
+    commands = "models export build predict demo synth eval train compare doctor bench report"
+    for cmd in commands.split():
         res = _run(cmd, "--help")
         assert res.returncode == 0, res.stderr
         assert "Usage" in res.stdout
