@@ -74,6 +74,26 @@ def export(
     simplify: Annotated[bool, typer.Option(help="simplify the ONNX graph with onnxslim")] = True,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle folder")] = False,
     dynamic: Annotated[bool, typer.Option(help="variable input size (openvino; static is faster)")] = False,
+    calib: Annotated[
+        str | None,
+        typer.Option(
+            help="INT8 calibration data: image folder, video, COCO annotation file, or synthetic[:PROFILE]"
+        ),
+    ] = None,
+    calib_size: Annotated[int, typer.Option(help="calibration images (a seeded sample)", min=1)] = 300,
+    calib_seed: Annotated[int, typer.Option(help="seed of the calibration sample", min=0)] = 0,
+    calib_method: Annotated[str, typer.Option(help="minmax | entropy | percentile (cpu, jetson)")] = "minmax",
+    int8_source: Annotated[
+        str, typer.Option(help="openvino INT8: nncf (quantize the IR) | qdq (convert the Q/DQ ONNX)")
+    ] = "nncf",
+    val: Annotated[
+        str | None,
+        typer.Option(help="accuracy gate data: synthetic[:PROFILE], a synth folder, or COCO annotations"),
+    ] = None,
+    val_size: Annotated[int, typer.Option(help="images generated for --val synthetic", min=1)] = 100,
+    max_ap_drop: Annotated[
+        float | None, typer.Option(help="largest AP loss INT8 may have against FP32 on --val, e.g. 0.01")
+    ] = None,
 ) -> None:
     """Export MODEL to a deployment bundle for --target (parity against torch is checked and recorded)."""
     from edgepose.export.pipeline import ExportOptions, export_model
@@ -93,6 +113,14 @@ def export(
             simplify=simplify,
             overwrite=overwrite,
             dynamic=dynamic,
+            calib=calib,
+            calib_size=calib_size,
+            calib_seed=calib_seed,
+            calib_method=calib_method,
+            int8_source=int8_source,
+            val=val,
+            val_size=val_size,
+            max_ap_drop=max_ap_drop,
         ),
         log=_log,
     )

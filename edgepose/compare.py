@@ -56,7 +56,7 @@ def compare_bundles(
         PoseEstimator(bb, preset=preset, runtime=runtime_b) as est_b,
     ):
         info = {"a": _bundle_info(ba, est_a), "b": _bundle_info(bb, est_b)}
-        stats = _Accumulator(reference)
+        stats = AgreementStats(reference)
         for name, frame in _track(frames, progress, _count(images, max_images)):
             pa, pb = est_a(frame), est_b(frame)
             m = matched_pairs(pb, pa, sigmas) if reference == "a" else matched_pairs(pa, pb, sigmas)
@@ -109,7 +109,7 @@ def check_thresholds(
     return "; ".join(failed) or None
 
 
-class _Accumulator:
+class AgreementStats:
     """Per-image rows, and the per-pose values the summary's means, minima and percentiles need."""
 
     def __init__(self, reference: str) -> None:

@@ -8,6 +8,7 @@ family, precision), so an IR found outside its bundle still says what it is. Nee
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,15 @@ def onnx_to_openvino(
     out_dir: str | Path,
     precision: str = "fp32",
     dynamic: bool = False,
+    quantize: Callable[[ov.Model], ov.Model] | None = None,
 ) -> dict[str, Any]:
     """Convert ``onnx_path`` into ``out_dir/model.xml`` + ``model.bin``.
 
     ``precision``: ``fp32`` keeps fp32 weights; ``fp16`` stores fp16 weights (half the file; GPUs and NPUs
     compute in f16, CPUs decompress to f32); ``int8`` expects a Q/DQ ONNX from the calibration step and
-    keeps its quantized weights. ``dynamic`` makes the input's H and W dynamic, and is refused when the
+    keeps its quantized weights, unless ``quantize`` is given: it receives the converted float model and
+    returns the quantized one (NNCF, see ``edgepose.calibration.openvino_quant``).
+    ``dynamic`` makes the input's H and W dynamic, and is refused when the
     graph has its size baked in (e.g. constant Reshape targets), because such an IR would fail at any
     other size. Returns ``{"artifacts": {role: path}, "manifest": {fields}}`` for the bundle writer.
     """
@@ -44,7 +48,7 @@ def onnx_to_openvino(
     proto = onnx.load(str(onnx_path), load_external_data=False)
     metadata = {p.key: p.value for p in proto.metadata_props}
     quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
-    if precision == "int8" and not quantized:
+    if precision == "int8" and not quantized and quantize is None:
         raise ExportError(
             f"{onnx_path.name} has no QuantizeLinear/DequantizeLinear nodes: INT8 IRs come from a Q/DQ "
             "ONNX made by the calibration step (edgepose export --precision int8 --calib DIR)"
@@ -56,6 +60,8 @@ def onnx_to_openvino(
         raise ExportError(
             f"OpenVINO could not convert {onnx_path.name}: {' '.join(str(e).split())[:240]}"
         ) from e
+    if quantize is not None:
+        model = quantize(model)
     if dynamic:
         _make_dynamic(model, onnx_path.name)
     model.set_rt_info(__version__, ["edgepose", "version"])

@@ -47,6 +47,15 @@ class ExportOptions:
     skeleton: str | None = None
     overwrite: bool = False
     dynamic: bool = False
+    # INT8 (see edgepose.calibration): calibration source, sample size and seed, method, gate
+    calib: str | None = None
+    calib_size: int = 300
+    calib_seed: int = 0
+    calib_method: str = "minmax"
+    int8_source: str = "nncf"
+    val: str | None = None
+    val_size: int = 100
+    max_ap_drop: float | None = None
 
 
 @dataclass
@@ -72,6 +81,17 @@ def _check_options(opts: ExportOptions) -> None:
         raise UsageError("--weights and --random-weights exclude each other; choose one")
     if opts.dynamic and opts.target != "openvino":
         raise UsageError("--dynamic input sizes are supported for --target openvino only")
+    if opts.precision == "int8" and opts.calib is None:
+        raise UsageError(
+            "--precision int8 needs calibration images: pass --calib with a folder of your camera's images, "
+            "a video, a COCO annotation file, or synthetic"
+        )
+    int8_only = {"--calib": opts.calib, "--val": opts.val, "--max-ap-drop": opts.max_ap_drop}
+    given = [flag for flag, value in int8_only.items() if value is not None]
+    if opts.precision != "int8" and given:
+        raise UsageError(f"{', '.join(given)} only apply to --precision int8")
+    if opts.max_ap_drop is not None and (opts.val is None or opts.max_ap_drop < 0):
+        raise UsageError("--max-ap-drop needs --val data to measure AP on, and must not be negative")
 
 
 def resolve_model(
@@ -149,6 +169,12 @@ def default_output(opts: ExportOptions, size: tuple[int, int]) -> Path:
 def export_model(opts: ExportOptions, log=print) -> Bundle:
     """Run the whole export; returns the written bundle. Nothing is written when any step fails."""
     _check_options(opts)
+    calibration = None
+    if opts.precision == "int8":
+        from edgepose.calibration.data import load_calibration
+
+        # Read (and check) the calibration images before anything is exported: a bad folder fails fast.
+        calibration = load_calibration(opts.calib, opts.calib_size, opts.calib_seed, progress=True)
     images = sample_images(limit=4)
     requested_size = None
     if opts.imgsz is not None:
@@ -220,6 +246,7 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
             ort_version=ort_version,
             dynamic=opts.dynamic,
             log=log,
+            int8=_int8_settings(opts, calibration, skeleton, Path(tmpdir)) if calibration else None,
         )
         packaged = TARGETS[opts.target](ctx)
         manifest = {
@@ -266,6 +293,23 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
 
         bundle = build_bundle_plan(bundle, log=log)
     return bundle
+
+
+def _int8_settings(opts: ExportOptions, calibration, skeleton: Skeleton, workdir: Path) -> dict[str, Any]:
+    """The INT8 part of the export context: calibration set, validation data and gate settings."""
+    validation = None
+    if opts.val is not None:
+        from edgepose.calibration.validation import load_validation
+
+        validation = load_validation(opts.val, skeleton.num_keypoints, opts.val_size, workdir)
+    return {
+        "sigmas": skeleton.sigmas_array,
+        "calibration": calibration,
+        "method": opts.calib_method,
+        "openvino_source": opts.int8_source,
+        "validation": validation,
+        "max_ap_drop": opts.max_ap_drop,
+    }
 
 
 def _fused_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from edgepose.export.parity import check_parity, measure_parity
 
+from edgepose.errors import UsageError
 from edgepose.families import decoded_difference_fn
 
 
@@ -36,6 +37,8 @@ class ExportContext:
     ort_version: str
     dynamic: bool = False
     log: Callable[[str], None] = print
+    #: INT8 only: the calibration set, validation data and gate settings (see edgepose.calibration.quantize)
+    int8: dict[str, Any] | None = None
 
 
 @dataclass
@@ -46,8 +49,52 @@ class TargetResult:
     build_plan: bool = False
 
 
+def _int8(ctx: ExportContext, target: str) -> TargetResult:
+    """Quantize the verified FP32 ONNX for ``target``; the FP32 ONNX's parity stays the bundle's parity."""
+    from edgepose.calibration.quantize import Int8Request, quantize_for_target
+
+    if ctx.int8 is None:
+        raise UsageError(
+            "--precision int8 needs calibration images: pass --calib DIR|VIDEO|ANNOTATIONS|synthetic"
+        )
+    result = quantize_for_target(
+        Int8Request(
+            target=target,
+            fp32_onnx=ctx.onnx_path,
+            workdir=ctx.workdir,
+            input_name=ctx.input_name,
+            input_size=ctx.input_size,
+            decoder_cfg=ctx.decoder_cfg,
+            log=ctx.log,
+            **ctx.int8,
+        )
+    )
+    agree = result.manifest["calibration"]["agreement"]
+    ctx.log(
+        f"INT8 vs FP32 on {agree['images']} held-back images: {agree['matched']}/{agree['poses_a']} poses "
+        f"matched, mean OKS {_fmt(agree['mean_oks'])}, "
+        f"mean keypoint distance {_fmt(agree['mean_keypoint_px'])} px"
+    )
+    manifest = {
+        "parity": {
+            **ctx.onnx_parity,
+            "runtime": "onnxruntime (the FP32 ONNX this INT8 model was quantized from)",
+        },
+        **result.manifest,
+    }
+    return TargetResult(result.artifacts, manifest)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def package_cpu(ctx: ExportContext) -> TargetResult:
     """ONNX Runtime runs the ONNX itself; its parity against torch is the bundle's parity."""
+    if ctx.precision == "int8":
+        result = _int8(ctx, "cpu")
+        result.manifest["runtime"] = {"name": "onnxruntime", "version": ctx.ort_version}
+        return result
     return TargetResult(
         {"model": ctx.onnx_path},
         {"runtime": {"name": "onnxruntime", "version": ctx.ort_version}, "parity": ctx.onnx_parity},
@@ -59,6 +106,13 @@ def package_openvino(ctx: ExportContext) -> TargetResult:
     from edgepose.export.onnx2openvino import onnx_to_openvino
     from edgepose.runtimes.openvino import OpenVinoRuntime
 
+    if ctx.precision == "int8":
+        result = _int8(ctx, "openvino")
+        result.manifest["openvino"] = {
+            **result.manifest.get("openvino", {}),
+            "note": "INT8 layers run as integer kernels; the float tail and excluded layers run in f32",
+        }
+        return result
     converted = onnx_to_openvino(ctx.onnx_path, ctx.workdir / "ir", ctx.precision, dynamic=ctx.dynamic)
     xml = converted["artifacts"]["ir"]
     with OpenVinoRuntime(xml, device="CPU", precision=ctx.precision) as rt:
@@ -100,6 +154,12 @@ def package_openvino(ctx: ExportContext) -> TargetResult:
 def package_jetson(ctx: ExportContext) -> TargetResult:
     """The ONNX and what the device needs to build its plan; built right away when TensorRT is here."""
     has_trt = importlib.util.find_spec("tensorrt") is not None
+    artifacts = {"model": ctx.onnx_path}
+    extra: dict[str, Any] = {}
+    if ctx.precision == "int8":
+        # A symmetric Q/DQ ONNX (explicit quantization); checked here in ONNX Runtime, built on the device.
+        result = _int8(ctx, "jetson")
+        artifacts, extra = result.artifacts, result.manifest
     manifest = {
         "runtime": {"name": "tensorrt", "version": None},
         "parity": ctx.onnx_parity,
@@ -107,10 +167,11 @@ def package_jetson(ctx: ExportContext) -> TargetResult:
             "plans": {},
             "build": f"on the device: edgepose build BUNDLE (precision {ctx.precision})",
         },
+        **extra,
     }
     if not has_trt:
         ctx.log("TensorRT is not installed here: run `edgepose build BUNDLE` on the Jetson to add its plan")
-    return TargetResult({"model": ctx.onnx_path}, manifest, build_plan=has_trt)
+    return TargetResult(artifacts, manifest, build_plan=has_trt)
 
 
 TARGETS: dict[str, Callable[[ExportContext], TargetResult]] = {
@@ -121,7 +182,7 @@ TARGETS: dict[str, Callable[[ExportContext], TargetResult]] = {
 
 #: precisions each target produces today
 SUPPORTED: dict[str, tuple[str, ...]] = {
-    "cpu": ("fp32",),
-    "openvino": ("fp32", "fp16"),
-    "jetson": ("fp32", "fp16"),
+    "cpu": ("fp32", "int8"),
+    "openvino": ("fp32", "fp16", "int8"),
+    "jetson": ("fp32", "fp16", "int8"),
 }

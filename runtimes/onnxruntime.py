@@ -15,6 +15,11 @@ from edgepose.runtimes.base import Runtime, TensorSpec
 
 from edgepose.errors import BundleError, RuntimeUnavailable, UsageError
 
+#: ORT >= 1.21 re-quantizes (per tensor) the weights of a float Conv/Gemm that sits between Q/DQ pairs.
+#: That undoes the layers an INT8 export keeps in float on purpose (the float tail, the accuracy gate's
+#: exclusions), so it is always off; float models have no Q/DQ pairs and are unaffected.
+DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -73,7 +78,10 @@ class OnnxRuntime(Runtime):
             raise BundleError(f"model file {self.model_path} does not exist")
         try:
             self._session = ort.InferenceSession(
-                str(self.model_path), sess_options=so, providers=[p for p in wanted if p in have]
+                str(self.model_path),
+                sess_options=so,
+                providers=[p for p in wanted if p in have],
+                disabled_optimizers=list(DISABLED_OPTIMIZERS),
             )
         except Exception as e:  # ORT raises its own exception types for invalid graphs
             raise BundleError(f"onnxruntime cannot load {self.model_path.name}: {e}") from e

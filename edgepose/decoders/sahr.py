@@ -379,34 +379,133 @@ def _tag2(t, j, y, x):
 
 
 @njit(cache=True, nogil=True)
-def _tag_tile(t, j, project2image, out, y0, y1, x0, x1):
-    """Joint j's aggregated tags over one tile of the parse map into ``out`` (the branch hoisted out of the
-    pixel loops)."""
-    if project2image:  # the stride-2 tags the tile blends, once each, then the blends (as ``_tag2``)
-        h2, w2 = 2 * t.shape[1], 2 * t.shape[2]
-        sy, sx = max(y0 // 2 - 1, 0), max(x0 // 2 - 1, 0)
-        ey, ex = min((y1 - 1) // 2 + 2, h2), min((x1 - 1) // 2 + 2, w2)
-        half = np.empty((ey - sy, ex - sx), np.float32)
-        for y in range(sy, ey):
-            for x in range(sx, ex):
-                half[y - sy, x - sx] = _tag1(t, j, y, x)
-        for y in range(y0, y1):
-            ya, yb, p, q = _tap(y, h2)
-            ra, rb = half[ya - sy], half[yb - sy]
-            for x in range(x0, x1):
-                xa, xb, a, b = _tap(x, w2)
-                xa, xb = xa - sx, xb - sx
-                out[y, x] = p * (a * ra[xa] + b * ra[xb]) + q * (a * rb[xa] + b * rb[xb])
-    else:
-        for y in range(y0, y1):
-            for x in range(x0, x1):
-                out[y, x] = _tag1(t, j, y, x)
-
-
-@njit(cache=True, nogil=True)
 def tag_at(t, j, y, x, project2image):
     """The aggregated tag of joint j at one pixel of the parse map, computed from the stride-4 tags."""
     return _tag2(t, j, y, x) if project2image else _tag1(t, j, y, x)
+
+
+# -- tiles of the parse map --------------------------------------------------------------------------------
+# The parse map is cut into tiles of 2 x 2 stride-4 pixels (4 px at stride 2, 8 px at the input resolution),
+# so that a tile's tags blend a 4 x 4 block of stride-4 tags at either resolution. Each tile has an upper
+# bound of its heat (``ub``, exact once the tile is in the buffer) and a flag saying whether it is (``done``).
+# At stride 2 the averaged map is computed densely and every tile is done; at the input resolution only the
+# stride-2 map is, and a tile is resized from it the first time a step needs it. The state travels as one
+# tuple ``lz = (half, heat, ub, done, yt, xt, rows)``: the stride-2 map, the parse map, the bounds and
+# flags, the parse map's resize taps (``_taps`` of each axis) and a scratch block.
+
+
+def tile_size(project2image: bool) -> int:
+    """Tile side in parse-map pixels: 8 at the input resolution, 4 at stride 2 (2 x 2 stride-4 pixels)."""
+    return 8 if project2image else 4
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _resize_rect(src, sr, sc, y0, y1, x0, x1, yt, xt, rows, out, orow, ocol):
+    """Pixels [y0, y1) x [x0, x1) of a 2x bilinear resize, with ``upsample2``'s float32 arithmetic (each
+    source row resized, then two rows blended), into ``out[y - orow, x - ocol]``. ``src[r - sr, c - sc]``
+    holds source pixel (r, c); yt, xt are the output axes' taps; ``rows`` is scratch. -> largest value."""
+    yi0, yi1, yw0, yw1 = yt
+    xi0, xi1, xw0, xw1 = xt
+    r0 = yi0[y0]
+    for r in range(r0, yi1[y1 - 1] + 1):
+        s, row = src[r - sr], rows[r - r0]
+        for x in range(x0, x1):
+            row[x - x0] = xw0[x] * s[xi0[x] - sc] + xw1[x] * s[xi1[x] - sc]
+    top = -np.inf
+    for y in range(y0, y1):
+        a, b, p, q, o = rows[yi0[y] - r0], rows[yi1[y] - r0], yw0[y], yw1[y], out[y - orow]
+        for x in range(x0, x1):
+            v = p * a[x - x0] + q * b[x - x0]
+            o[x - ocol] = v
+            top = max(top, v)
+    return top
+
+
+@njit(cache=True, nogil=True)
+def _up2_inner(src, y0, y1, x0, x1, rows, out):
+    """``_resize_rect`` for a rectangle away from the borders (even corners, source pixels m - 1 .. m + 1
+    exist for every output pair 2m, 2m + 1): the same float32 products, with the constant weights unrolled."""
+    q, t = np.float32(0.25), np.float32(0.75)
+    r0, cx = y0 // 2 - 1, x0 // 2
+    for r in range(r0, (y1 - 1) // 2 + 2):
+        s, row = src[r], rows[r - r0]
+        for i in range((x1 - x0) // 2):
+            m = cx + i
+            row[2 * i] = q * s[m - 1] + t * s[m]
+            row[2 * i + 1] = t * s[m] + q * s[m + 1]
+    top = -np.inf
+    for i in range((y1 - y0) // 2):
+        a, b, c = rows[i], rows[i + 1], rows[i + 2]
+        o, o2 = out[y0 + 2 * i], out[y0 + 2 * i + 1]
+        for x in range(x1 - x0):
+            v, v2 = q * a[x] + t * b[x], t * b[x] + q * c[x]
+            o[x0 + x], o2[x0 + x] = v, v2
+            top = max(top, v, v2)
+    return top
+
+
+@njit(cache=True, nogil=True)
+def _ensure(lz, tile, j, ty, tx):
+    """Tile (ty, tx) of joint j's parse map into the buffer (resized from the stride-2 map), bound exact.
+    Callers test ``done`` first: passing the state costs more than a tile that is already there."""
+    half, heat, ub, done, yt, xt, rows = lz
+    h, w = heat.shape[1], heat.shape[2]
+    y0, x0 = ty * tile, tx * tile
+    y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+    if y0 >= 2 and x0 >= 2 and y1 <= h - 2 and x1 <= w - 2:
+        ub[j, ty, tx] = _up2_inner(half[j], y0, y1, x0, x1, rows, heat[j])
+    else:
+        ub[j, ty, tx] = _resize_rect(half[j], 0, 0, y0, y1, x0, x1, yt, xt, rows, heat[j], 0, 0)
+    done[j, ty, tx] = True
+
+
+@njit(cache=True, nogil=True)
+def _half_into(lo, hi, half, ub):
+    """The averaged stride-2 heatmaps into ``half`` (``aggregate``'s arithmetic) and an upper bound of each
+    input-resolution tile (8 px) into ``ub``: the tile resizes stride-2 pixels [4t - 1, 4t + 4] on each axis,
+    its values are convex blends of them, and the largest is widened by a few float32 roundings."""
+    k, h, w = lo.shape
+    h2, w2 = 2 * h, 2 * w
+    th, tw = ub.shape[1], ub.shape[2]
+    y0, y1, wy0, wy1 = _taps(h)
+    rows = np.empty((h, w2), np.float32)
+    acc = np.empty(w2, np.float32)
+    two = np.float32(2.0)
+    for j in range(k):
+        for r in range(h):
+            _hrow(lo[j, r], rows[r])
+        m = half[j]
+        for oy in range(h2):
+            a, b, p, q, g, o = rows[y0[oy]], rows[y1[oy]], wy0[oy], wy1[oy], hi[j, oy], m[oy]
+            for x in range(w2):
+                o[x] = (p * a[x] + q * b[x] + g[x]) / two
+        for ty in range(th):
+            r0 = max(4 * ty - 1, 0)
+            acc[:] = m[r0]
+            for r in range(r0 + 1, min(4 * ty + 5, h2)):
+                _fold_max(acc, m[r])
+            for tx in range(tw):
+                c0 = max(4 * tx - 1, 0)
+                top = acc[c0]
+                for x in range(c0 + 1, min(4 * tx + 5, w2)):
+                    top = max(top, acc[x])
+                ub[j, ty, tx] = top + np.float32(1e-6) * abs(top) + np.float32(1e-30)
+
+
+@njit(cache=True, nogil=True)
+def _tags_into(tag_lo, j, full, tile, ty, tx, tg, yt, xt, t2, rows, s2):
+    """Joint j's aggregated tags over tile (ty, tx) of the parse map into ``tg`` (its tag map): resized from
+    the stride-4 tags once (stride 2, taps ``t2``) or twice (the input resolution, through ``s2``)."""
+    h, w = tg.shape
+    y0, x0 = ty * tile, tx * tile
+    y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+    if full:
+        ry0, ry1 = yt[0][y0], yt[1][y1 - 1] + 1
+        rx0, rx1 = xt[0][x0], xt[1][x1 - 1] + 1
+        _resize_rect(tag_lo[j], 0, 0, ry0, ry1, rx0, rx1, t2[0], t2[1], rows, s2, ry0, rx0)
+        _resize_rect(s2, ry0, rx0, y0, y1, x0, x1, yt, xt, rows, tg, 0, 0)
+    else:
+        _resize_rect(tag_lo[j], 0, 0, y0, y1, x0, x1, yt, xt, rows, tg, 0, 0)
 
 
 # -- candidates --------------------------------------------------------------------------------------------
@@ -432,39 +531,85 @@ def _is_peak(m, y, x, radius):
 
 
 @njit(cache=True, nogil=True)
+def _top_insert(tv, ti, n, v, i):
+    """Insert peak (value v, flat index i) into the top list ``tv``/``ti`` of n entries, kept in the
+    reference's order (value descending, then index ascending) and capped at its length. -> new n."""
+    cap = tv.shape[0]
+    p = n if n < cap else cap - 1
+    if n == cap and not (v > tv[p] or (v == tv[p] and i < ti[p])):
+        return n
+    while p > 0 and (v > tv[p - 1] or (v == tv[p - 1] and i < ti[p - 1])):
+        tv[p], ti[p] = tv[p - 1], ti[p - 1]
+        p -= 1
+    tv[p], ti[p] = v, i
+    return min(n + 1, cap)
+
+
+@njit(cache=True, nogil=True)
+def _peaks_in(m, ty, tx, tile, thr, radius, tv, ti, n):
+    """Max-pool NMS peaks above ``thr`` in tile (ty, tx) into the top list. A pixel goes to the window test
+    only when none of its four neighbours is higher and it could enter the list (a partial selection).
+    -> new n."""
+    h, w = m.shape
+    cap = tv.shape[0]
+    for y in range(ty * tile, min(ty * tile + tile, h)):
+        row, up, down = m[y], m[max(y - 1, 0)], m[min(y + 1, h - 1)]
+        for x in range(tx * tile, min(tx * tile + tile, w)):
+            v = row[x]
+            if not v > thr:
+                continue
+            higher = up[x] > v or down[x] > v or row[max(x - 1, 0)] > v or row[min(x + 1, w - 1)] > v
+            if higher and radius > 0:
+                continue
+            if (n < cap or v >= tv[cap - 1]) and _is_peak(m, y, x, radius):
+                n = _top_insert(tv, ti, n, v, y * w + x)
+    return n
+
+
+@njit(cache=True, nogil=True)
 def _scan(heat, tilemax, thr, radius, topk, tile):
-    """Per joint the ``topk`` highest local maxima above ``thr`` (value desc, then flat index asc), looking
-    only inside tiles whose maximum passes. -> (count (K,), flat index (K, topk))."""
-    k, h, w = heat.shape
+    """Per joint the ``topk`` highest local maxima above ``thr`` (value desc, then flat index asc) of a
+    dense map, looking only inside tiles whose maximum passes. -> (count (K,), flat index (K, topk))."""
+    k = heat.shape[0]
     count = np.zeros(k, np.int64)
     top = np.zeros((k, topk), np.int64)
-    cap = 1024
-    idx = np.empty(cap, np.int64)
-    val = np.empty(cap, np.float32)
+    tv = np.empty(topk, np.float32)
     for j in range(k):
-        m = heat[j]
         n = 0
         for ty in range(tilemax.shape[1]):
             for tx in range(tilemax.shape[2]):
-                if not tilemax[j, ty, tx] > thr:
+                if tilemax[j, ty, tx] > thr:
+                    n = _peaks_in(heat[j], ty, tx, tile, thr, radius, tv, top[j], n)
+        count[j] = n
+    return count, top
+
+
+@njit(cache=True, nogil=True)
+def _scan_tiles(lz, tile, thr, radius, topk):
+    """``_scan`` over the tiled parse map: a tile whose bound passes is brought in, and when its exact
+    maximum passes too, so are the tiles its pixels' NMS windows (and quarter-pixel steps) reach."""
+    half, heat, ub, done, yt, xt, rows = lz
+    k, th, tw = ub.shape
+    reach = max((radius + tile - 1) // tile, 1)
+    count = np.zeros(k, np.int64)
+    top = np.zeros((k, topk), np.int64)
+    tv = np.empty(topk, np.float32)
+    for j in range(k):
+        n = 0
+        for ty in range(th):
+            for tx in range(tw):
+                if not ub[j, ty, tx] > thr:
                     continue
-                for y in range(ty * tile, min(ty * tile + tile, h)):
-                    for x in range(tx * tile, min(tx * tile + tile, w)):
-                        v = m[y, x]
-                        if not v > thr or not _is_peak(m, y, x, radius):
-                            continue
-                        if n == cap:
-                            cap *= 2
-                            idx = np.concatenate((idx, np.empty(n, np.int64)))
-                            val = np.concatenate((val, np.empty(n, np.float32)))
-                        idx[n] = y * w + x
-                        val[n] = v
-                        n += 1
-        by_index = np.argsort(idx[:n], kind="mergesort")
-        order = by_index[np.argsort(-val[:n][by_index], kind="mergesort")][:topk]
-        count[j] = order.shape[0]
-        for i in range(order.shape[0]):
-            top[j, i] = idx[order[i]]
+                if not done[j, ty, tx]:
+                    _ensure(lz, tile, j, ty, tx)
+                if not ub[j, ty, tx] > thr:
+                    continue
+                for ny in range(max(ty - reach, 0), min(ty + reach + 1, th)):
+                    for nx in range(max(tx - reach, 0), min(tx + reach + 1, tw)):
+                        if not done[j, ny, nx]:
+                            _ensure(lz, tile, j, ny, nx)
+                n = _peaks_in(heat[j], ty, tx, tile, thr, radius, tv, top[j], n)
+        count[j] = n
     return count, top
 
 
@@ -612,33 +757,53 @@ def _quarter(m, x, y):
     return x + 0.5 + dx, y + 0.5 + dy
 
 
-#: refinement visits blocks of this many tiles squared, highest maximum first
-BLOCK = 4
+#: refinement visits a joint's tiles by their bound, in this many buckets (a counting sort), highest first
+BUCKETS = 128
 
 
 @njit(cache=True, nogil=True)
-def _block_order(tm):
-    """Blocks of BLOCK x BLOCK tiles by their maximum, highest first. -> (block indices, block maxima)."""
-    th, tw = tm.shape
-    bh, bw = (th + BLOCK - 1) // BLOCK, (tw + BLOCK - 1) // BLOCK
-    bmax = np.full(bh * bw, -np.inf, np.float32)
-    for ty in range(th):
-        for tx in range(tw):
-            b = (ty // BLOCK) * bw + tx // BLOCK
-            if tm[ty, tx] > bmax[b]:
-                bmax[b] = tm[ty, tx]
-    return np.argsort(-bmax, kind="mergesort"), bmax
+def _tile_order(ub, order, starts, tops):
+    """Joint j's tiles (flat indices into ``ub`` (th, tw)) grouped by bound into BUCKETS equal value ranges,
+    highest first: bucket b holds ``order[starts[b]:starts[b + 1]]`` and its largest bound is ``tops[b]``."""
+    u = ub.ravel()
+    lo, hi = np.inf, -np.inf
+    for v in u:
+        lo = min(lo, v)
+        hi = max(hi, v)
+    scale = (BUCKETS - 1) / (hi - lo) if hi - lo > 0 else 0.0
+    starts[:] = 0
+    tops[:] = -np.inf
+    for i in range(u.shape[0]):
+        b = _bucket(u[i], lo, scale)
+        starts[b + 1] += 1
+        tops[b] = max(tops[b], u[i])
+    for b in range(BUCKETS):
+        starts[b + 1] += starts[b]
+    fill = starts[:BUCKETS].copy()
+    for i in range(u.shape[0]):
+        b = _bucket(u[i], lo, scale)
+        order[fill[b]] = i
+        fill[b] += 1
+
+
+@njit(cache=True, nogil=True)
+def _bucket(v, lo, scale):
+    """Bucket of bound v, highest values first (0); anything not finite lands in a valid bucket."""
+    f = (BUCKETS - 1) - (v - lo) * scale
+    if not f > 0:
+        return 0
+    return min(int(f), BUCKETS - 1)
 
 
 @njit(cache=True, nogil=True)
 def _tag_range(tag_lo, j, ty, tx):
-    """The range of joint j's aggregated tags in tile (ty, tx): a tile (8 stride-2 px or 16 input px) blends
-    a 4 x 4 block of stride-4 tags and a one-pixel margin, and blends stay in their sources' range (widened
-    by a few float32 roundings)."""
+    """The range of joint j's aggregated tags in tile (ty, tx): the tile blends stride-4 tags [2t - 1, 2t + 2]
+    on each axis (at either parse resolution), and blends stay in their sources' range (widened by a few
+    float32 roundings)."""
     _, h, w = tag_lo.shape
     a, b = np.inf, -np.inf
-    for y in range(max(4 * ty - 1, 0), min(4 * ty + 5, h)):
-        for x in range(max(4 * tx - 1, 0), min(4 * tx + 5, w)):
+    for y in range(max(2 * ty - 1, 0), min(2 * ty + 3, h)):
+        for x in range(max(2 * tx - 1, 0), min(2 * tx + 3, w)):
             v = tag_lo[j, y, x]
             a = min(a, v)
             b = max(b, v)
@@ -647,68 +812,115 @@ def _tag_range(tag_lo, j, ty, tx):
 
 @njit(cache=True, nogil=True)
 def _tile_best(m, tg, prev, y0, y1, x0, x1, floor):
-    """The best ``heat - rint(|tag - prev|)`` in one tile and its lowest flat index (a branch-free scan for
-    the maximum, then the first pixel reaching it; -1 when the maximum is below ``floor``)."""
+    """The best ``heat - rint(|tag - prev|)`` in one rectangle that reaches ``floor``, and its lowest flat
+    index (-1 when none does). A pixel whose heat alone cannot reach the best so far is skipped."""
     w = m.shape[1]
-    top = -np.inf
+    top = floor
+    idx = -1
     for y in range(y0, y1):
         for x in range(x0, x1):
-            top = max(top, m[y, x] - np.rint(abs(tg[y, x] - prev)))
-    if top < floor:
-        return top, -1
-    for y in range(y0, y1):
-        for x in range(x0, x1):
-            if m[y, x] - np.rint(abs(tg[y, x] - prev)) == top:
-                return top, y * w + x
-    return top, y0 * w + x0
+            v = m[y, x]
+            if v < top or (v == top and idx >= 0):
+                continue
+            s = v - np.rint(abs(tg[y, x] - prev))
+            if s > top or (s == top and idx < 0):
+                top = s
+                idx = y * w + x
+    return top, idx
 
 
 @njit(cache=True, nogil=True)
-def _best_pixel(m, tag_lo, j, full, prev, tm, ranges, tg, done, blocks, bmax, tile):
-    """argmax of ``heat - rint(|tag - prev|)`` over joint j's map (lowest flat index on ties).
+def _first_max(m, y0, y1, x0, x1):
+    """The maximum of a rectangle and the flat index of its first pixel."""
+    w = m.shape[1]
+    top, idx = -np.inf, -1
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            if m[y, x] > top or idx < 0:
+                top, idx = m[y, x], y * w + x
+    return top, idx
 
-    Blocks of tiles are visited highest heat first, until none can reach the best value so far; a tile is
-    skipped when its heat maximum minus the smallest penalty its tag range allows cannot (the penalty is
-    never negative, and rint is monotone), and a pixel when its heat alone cannot. A first pass looks only
-    at tiles whose tag range may carry no penalty (where the answer almost always is), so that the second
-    can skip the strong responses of other people. ``ranges`` (th, tw, 2) caches tag ranges (low > high:
-    not measured yet); tags are computed from the stride-4 map a tile at a time where needed, into ``tg``
-    (``done`` marks the tiles), and shared by every person's search."""
+
+@njit(cache=True, nogil=True)
+def _best_pixel(lz, tile, j, prev, floor, tag_lo, full, tg, t2, s2, ranges, rstamp, tstamp, stamp, order,
+                starts, tops, defer):  # fmt: skip
+    """argmax of ``heat - rint(|tag - prev|)`` over joint j's map (lowest flat index on ties), exact, given
+    ``floor``, the score of some pixel (a lower bound of the answer).
+
+    Tiles are visited by bound, highest bucket first (``_tile_order``), until no bucket can reach ``floor``,
+    which rises with every better pixel found. A tile whose bound minus the smallest penalty its tag range
+    allows (the penalty is never negative, and rint is monotone) is below ``floor`` is skipped. A tile whose
+    tags all lie within 0.5 of ``prev`` has no penalty anywhere: its best pixel is its heat maximum, found
+    without tags. A tile that may have no penalty is scored at once; one with a penalty is deferred until
+    the visit ends and ``floor`` is high. Tag ranges (``ranges``, valid where ``rstamp`` == stamp) and tag
+    tiles (in ``tg``, valid where ``tstamp`` == stamp) are shared by every person's search for this joint."""
+    half, heat, ub, done, yt, xt, rows = lz
+    m, u = heat[j], ub[j]
     h, w = m.shape
-    bw = (tm.shape[1] + BLOCK - 1) // BLOCK
-    best = -np.inf
-    best_idx = -1
-    for second in (False, True):
-        for b in blocks:
-            if bmax[b] < best:
-                break
-            by, bx = b // bw, b % bw
-            for ty in range(by * BLOCK, min(by * BLOCK + BLOCK, tm.shape[0])):
-                for tx in range(bx * BLOCK, min(bx * BLOCK + BLOCK, tm.shape[1])):
-                    if tm[ty, tx] < best:
-                        continue
-                    if ranges[ty, tx, 0] > ranges[ty, tx, 1]:
-                        ranges[ty, tx, 0], ranges[ty, tx, 1] = _tag_range(tag_lo, j, ty, tx)
-                    penalty = np.rint(max(ranges[ty, tx, 0] - prev, prev - ranges[ty, tx, 1], 0.0))
-                    if (penalty > 0) != second or tm[ty, tx] - penalty < best:
-                        continue
-                    y0, y1 = ty * tile, min(ty * tile + tile, h)
-                    x0, x1 = tx * tile, min(tx * tile + tile, w)
-                    if not done[ty, tx]:
-                        _tag_tile(tag_lo, j, full, tg, y0, y1, x0, x1)
-                        done[ty, tx] = True
-                    tile_best, tile_idx = _tile_best(m, tg, prev, y0, y1, x0, x1, best)
-                    if tile_best > best or (tile_best == best and tile_idx < best_idx):
-                        best = tile_best
-                        best_idx = tile_idx
-    return best_idx
+    tw = u.shape[1]
+    best, best_idx = -np.inf, -1
+    nd = 0
+    for b in range(BUCKETS):
+        if starts[b + 1] == starts[b]:
+            continue
+        if tops[b] < floor:
+            break
+        for t in order[starts[b] : starts[b + 1]]:
+            ty, tx = t // tw, t % tw
+            if u[ty, tx] < floor:
+                continue
+            if rstamp[ty, tx] != stamp:
+                ranges[ty, tx, 0], ranges[ty, tx, 1] = _tag_range(tag_lo, j, ty, tx)
+                rstamp[ty, tx] = stamp
+            lo_d, hi_d = ranges[ty, tx, 0] - prev, ranges[ty, tx, 1] - prev
+            penalty = np.rint(max(lo_d, -hi_d, 0.0))
+            if u[ty, tx] - penalty < floor:
+                continue
+            if penalty > 0:
+                defer[nd] = t
+                nd += 1
+                continue
+            if not done[j, ty, tx]:
+                _ensure(lz, tile, j, ty, tx)
+                if u[ty, tx] < floor:
+                    continue
+            y0, x0 = ty * tile, tx * tile
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            if lo_d > -0.5 and hi_d < 0.5:  # no pixel of the tile pays a penalty
+                top, i = _first_max(m, y0, y1, x0, x1)
+            else:
+                if tstamp[ty, tx] != stamp:
+                    _tags_into(tag_lo, j, full, tile, ty, tx, tg, yt, xt, t2, rows, s2)
+                    tstamp[ty, tx] = stamp
+                top, i = _tile_best(m, tg, prev, y0, y1, x0, x1, floor)
+            if i >= 0 and top >= floor and (top > best or (top == best and i < best_idx)):
+                best, best_idx = top, i
+                floor = max(floor, best)
+    for n in range(nd):
+        ty, tx = defer[n] // tw, defer[n] % tw
+        penalty = np.rint(max(ranges[ty, tx, 0] - prev, prev - ranges[ty, tx, 1], 0.0))
+        if u[ty, tx] - penalty < floor:
+            continue
+        if not done[j, ty, tx]:
+            _ensure(lz, tile, j, ty, tx)
+            if u[ty, tx] - penalty < floor:
+                continue
+        if tstamp[ty, tx] != stamp:
+            _tags_into(tag_lo, j, full, tile, ty, tx, tg, yt, xt, t2, rows, s2)
+            tstamp[ty, tx] = stamp
+        y0, x0 = ty * tile, tx * tile
+        top, i = _tile_best(m, tg, prev, y0, min(y0 + tile, h), x0, min(x0 + tile, w), floor)
+        if i >= 0 and (top > best or (top == best and i < best_idx)):
+            best, best_idx = top, i
+            floor = max(floor, best)
+    return max(best_idx, 0)
 
 
 @njit(cache=True, nogil=True)
-def _finish(joints, heat, tag_lo, full, tilemax, tile, adjust, refine, tags):
-    """Adjust grouped joints, score people, refine missing joints. -> (keypoints (P, K, 3), scores (P,))."""
+def _adjust_score(joints, heat, adjust):
+    """Quarter-pixel adjustment of the grouped joints and the person scores (before refinement).
+    -> (keypoints (P, K, 3), scores (P,))."""
     p, k = joints.shape[0], joints.shape[1]
-    w = heat.shape[2]
     kps = np.zeros((p, k, 3))
     scores = np.zeros(p)
     for i in range(p):
@@ -720,8 +932,19 @@ def _finish(joints, heat, tag_lo, full, tilemax, tile, adjust, refine, tags):
             kps[i, j, 0], kps[i, j, 1], kps[i, j, 2] = x, y, v
             total += v
         scores[i] = total / k
-    if not refine or p == 0:
-        return kps, scores
+    return kps, scores
+
+
+@njit(cache=True, nogil=True)
+def _refine(kps, joints, lz, tile, tag_lo, full, tags, t2, count, top):
+    """Every joint a person lacks becomes its ``_best_pixel`` when the heat there is positive (in place).
+    The joint's candidates (``count``, ``top`` of the scan) seed each search with their exact scores."""
+    half, heat, ub, done, yt, xt, rows = lz
+    p, k = kps.shape[0], kps.shape[1]
+    if p == 0:
+        return
+    h, w = heat.shape[1], heat.shape[2]
+    th, tw = ub.shape[1], ub.shape[2]
     # each person's mean tag over its grouped joints (refinement of one joint does not change it)
     prev = np.zeros(p)
     for i in range(p):
@@ -731,56 +954,90 @@ def _finish(joints, heat, tag_lo, full, tilemax, tile, adjust, refine, tags):
                 s += joints[i, j, 3]
                 n += 1
         prev[i] = s / n
-    th, tw = tilemax.shape[1], tilemax.shape[2]
     ranges = np.empty((th, tw, 2))
-    done = np.zeros((th, tw), np.bool_)
+    rstamp = np.zeros((th, tw), np.int64)
+    tstamp = np.zeros((th, tw), np.int64)
+    defer = np.empty(th * tw, np.int64)
+    order = np.empty(th * tw, np.int64)
+    starts = np.empty(BUCKETS + 1, np.int64)
+    tops = np.empty(BUCKETS)
+    s2 = np.empty((tile, tile), np.float32)
+    seed_val = np.empty(top.shape[1])
+    seed_tag = np.empty(top.shape[1])
     for j in range(k):  # joint by joint, so one map stays in cache for every person's search
         if (kps[:, j, 2] != 0).all():
             continue
-        blocks, bmax = _block_order(tilemax[j])
-        ranges[..., 0] = np.inf  # low > high: not measured yet
-        ranges[..., 1] = -np.inf
-        done[:] = False
+        _tile_order(ub[j], order, starts, tops)
+        for c in range(count[j]):
+            y, x = top[j, c] // w, top[j, c] % w
+            seed_val[c], seed_tag[c] = heat[j, y, x], tag_at(tag_lo, j, y, x, full)
         for i in range(p):
             if kps[i, j, 2] != 0:
                 continue
-            best = _best_pixel(heat[j], tag_lo, j, full, prev[i], tilemax[j], ranges, tags[j], done, blocks,
-                               bmax, tile)  # fmt: skip
+            floor = -np.inf
+            for c in range(count[j]):
+                floor = max(floor, seed_val[c] - np.rint(abs(seed_tag[c] - prev[i])))
+            best = _best_pixel(lz, tile, j, prev[i], floor, tag_lo, full, tags[j], t2, s2, ranges, rstamp,
+                               tstamp, j + 1, order, starts, tops, defer)  # fmt: skip
             y, x = best // w, best % w
             v = heat[j, y, x]
             if v > 0:
+                for ny in range(max(y - 1, 0) // tile, min(y + 1, h - 1) // tile + 1):
+                    for nx in range(max(x - 1, 0) // tile, min(x + 1, w - 1) // tile + 1):
+                        if not done[j, ny, nx]:
+                            _ensure(lz, tile, j, ny, nx)  # the neighbours the quarter-pixel step reads
                 kx, ky = _quarter(heat[j], x, y)
                 kps[i, j, 0], kps[i, j, 1], kps[i, j, 2] = kx, ky, v
-    return kps, scores
-
-
-def tile_size(project2image: bool) -> int:
-    """Tile side: 8 px on stride-2 maps, 16 at the input resolution; either way one 4 x 4 stride-4 block."""
-    return 16 if project2image else 8
 
 
 @njit(cache=True, nogil=True)
-def _decode_kernel(lo, tag_lo, hi, heat, tilemax, tags, tile, thr, radius, topk, order, tag_thr, flags):
+def _prepare(lo, hi, full, half, heat, ub, done):
+    """The dense step: the stride-2 map (and at stride 2 the exact tile maxima, every tile done; at the input
+    resolution the tile bounds, no tile done yet). -> (lz, stride-2 taps for the tags)."""
+    k, h, w = lo.shape
+    tile = 8 if full else 4
+    if full:
+        _half_into(lo, hi, half, ub)
+        done[:] = False
+        yt, xt, t2 = _taps(2 * h), _taps(2 * w), (_taps(h), _taps(w))
+    else:
+        _heat_into(lo, hi, False, tile, heat, ub)
+        done[:] = True
+        yt, xt = _taps(h), _taps(w)
+        t2 = (yt, xt)
+    return (half, heat, ub, done, yt, xt, np.empty((tile, tile), np.float32)), t2
+
+
+@njit(cache=True, nogil=True)
+def _decode_kernel(lo, tag_lo, hi, half, heat, ub, done, tags, thr, radius, topk, order, tag_thr, flags):
     """flags: project2image, use_detection_val, ignore_too_much, adjust, refine."""
     full = flags[0]
-    _heat_into(lo, hi, full, tile, heat, tilemax)
-    count, top = _scan(heat, tilemax, thr, radius, topk, tile)
+    tile = 8 if full else 4
+    lz, t2 = _prepare(lo, hi, full, half, heat, ub, done)
+    count, top = _scan_tiles(lz, tile, thr, radius, topk)
     joints = _group(heat, tag_lo, full, count, top, order, topk, tag_thr, flags[1], flags[2])
-    return _finish(joints, heat, tag_lo, full, tilemax, tile, flags[3], flags[4], tags)
+    kps, scores = _adjust_score(joints, heat, flags[3])
+    if flags[4]:
+        _refine(kps, joints, lz, tile, tag_lo, full, tags, t2, count, top)
+    return kps, scores
 
 
 _WORKSPACE = threading.local()
 
 
-def _buffers(k: int, h: int, w: int, tile: int) -> tuple[np.ndarray, ...]:
-    """This thread's heat and tag maps (K, H, W) and tile maxima, reused across frames (no page faults)."""
-    key = (k, h, w, tile)
+def _buffers(k: int, h: int, w: int, full: bool) -> tuple[np.ndarray, ...]:
+    """This thread's maps for stride-4 outputs of (h, w): the stride-2 heat, the parse map's heat and tags,
+    its tile bounds and flags, reused across frames (no page faults; only the touched tiles are written)."""
+    key = (k, h, w, full)
     cache = _WORKSPACE.__dict__.setdefault("buffers", {})
     if key not in cache:
         if len(cache) >= 4:
             cache.clear()
-        tiles = np.empty((k, -(-h // tile), -(-w // tile)), np.float32)
-        cache[key] = (np.empty((k, h, w), np.float32), tiles, np.empty((k, h, w), np.float32))
+        f, tile = (4, 8) if full else (2, 4)
+        heat = np.empty((k, f * h, f * w), np.float32)
+        half = np.empty((k, 2 * h, 2 * w), np.float32) if full else heat
+        tiles = (k, -(-f * h // tile), -(-f * w // tile))
+        cache[key] = (half, heat, np.empty(tiles, np.float32), np.empty(tiles, np.bool_), np.empty_like(heat))
     return cache[key]
 
 
@@ -808,18 +1065,18 @@ def parse_scale(params: SahrParams, head: SahrHead) -> int:
 def decode(outputs: Outputs, meta: LetterboxMeta, params: SahrParams, head: SahrHead) -> Poses:
     """Raw SAHR outputs of one image -> ``Poses`` in original-image pixels, in the official group order."""
     lo, tag, hi = read_outputs(outputs, head)
-    f, tile = (4 if params.project2image else 2), tile_size(params.project2image)
-    heat, tilemax, tags = _buffers(head.num_keypoints, f * lo.shape[1], f * lo.shape[2], tile)
+    half, heat, ub, done, tags = _buffers(head.num_keypoints, lo.shape[1], lo.shape[2], params.project2image)
     p = params
     flags = (p.project2image, p.use_detection_val, p.ignore_too_much, p.adjust, p.refine)
     kps, scores = _decode_kernel(
         lo,
         tag,
         hi,
+        half,
         heat,
-        tilemax,
+        ub,
+        done,
         tags,
-        tile,
         params.threshold(head),
         params.nms_kernel // 2,
         params.max_people,
@@ -933,6 +1190,7 @@ def decoded_difference(
         "decoded_ambiguous": int((~clear).sum()),
         "decoded_tag_max_diff": float(tags.max()) if tags.size else 0.0,
     }
+
 
 #: the parameter ``edgepose predict --conf`` sets for this family
 CONF_PARAM = "detection_threshold"

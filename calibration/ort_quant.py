@@ -1,0 +1,152 @@
+"""ONNX Runtime static INT8 quantization: a Q/DQ ONNX for the ``cpu`` target and, symmetric, for TensorRT.
+
+Q/DQ (QuantizeLinear/DequantizeLinear pairs around float operators) is the one INT8 ONNX form that every
+consumer reads: ONNX Runtime fuses the pairs into integer kernels, TensorRT builds explicit-precision
+engines from them, and OpenVINO turns them into FakeQuantize. Weights are quantized per output channel;
+the float tail (``graph.float_tail``: the head convolutions that regress coordinates) is never quantized.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from edgepose.calibration.graph import ensure_node_names, float_tail
+
+from edgepose.errors import UsageError
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class OrtQuantConfig:
+    """How to quantize. The defaults are what measured fastest on x86 at equal accuracy (README table)."""
+
+    method: str = "minmax"
+    per_channel: bool = True
+    #: "u8" (asymmetric uint8 activations, ORT's U8S8) or "s8" (int8 activations)
+    activations: str = "u8"
+    symmetric_activations: bool = False
+    #: 7-bit weights: avoids the u8*s8 pair-sum saturation of VPMADDUBSW on AVX2/AVX-512 CPUs without VNNI
+    reduce_range: bool = False
+    #: operator types to quantize; empty means ONNX Runtime's default set
+    op_types: tuple[str, ...] = ()
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown calibration method '{self.method}'; use one of {', '.join(METHODS)}")
+        if self.activations not in ("u8", "s8"):
+            raise UsageError(f"unknown activation type '{self.activations}'; use u8 or s8")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "op_types": list(self.op_types), "format": "QDQ"}
+
+
+#: TensorRT's explicit quantization wants symmetric int8 everywhere, Q/DQ on convolution inputs and
+#: weights and on residual adds (so the add runs in int8 between quantized convolutions).
+TENSORRT_CONFIG = OrtQuantConfig(
+    method="entropy", activations="s8", symmetric_activations=True, op_types=("Conv", "Add")
+)
+
+
+def _calibration_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[name]
+
+
+class _FeedReader:
+    """Adapts an iterable of input tensors to ONNX Runtime's ``CalibrationDataReader`` protocol."""
+
+    def __init__(self, input_name: str, tensors: Iterable[np.ndarray]) -> None:
+        self._it = iter([{input_name: t} for t in tensors])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # pragma: no cover - ORT calls it only with several calibration passes
+        raise RuntimeError("calibration tensors are consumed once")
+
+
+@dataclass
+class QuantizedOnnx:
+    path: Path
+    config: OrtQuantConfig
+    excluded: list[str] = field(default_factory=list)
+    float_tail: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "quantizer": "onnxruntime.quantization.quantize_static",
+            **self.config.to_dict(),
+            "float_tail": self.float_tail,
+            "excluded_layers": self.excluded,
+        }
+
+
+def prepare_for_quantization(fp32_onnx: Path) -> onnx.ModelProto:
+    """Nodes named, then ORT's documented pre-processing (shape inference, BatchNorm folding, clean-up),
+    so calibration sees the tensors the optimized runtime graph has. Sensitivity analysis compares the
+    Q/DQ model against this graph, not the raw export."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="edgepose-prep-") as tmp:
+        named, prepared = Path(tmp) / "named.onnx", Path(tmp) / "prepared.onnx"
+        onnx.save(ensure_node_names(onnx.load(str(fp32_onnx))), str(named))
+        quant_pre_process(str(named), str(prepared), skip_symbolic_shape=True)
+        return onnx.load(str(prepared))
+
+
+def quantize_onnx(
+    fp32_onnx: Path,
+    output: Path,
+    input_name: str,
+    tensors: Sequence[np.ndarray],
+    config: OrtQuantConfig = OrtQuantConfig(),
+    exclude: Sequence[str] = (),
+) -> QuantizedOnnx:
+    """Statically quantize ``fp32_onnx`` to a Q/DQ ONNX at ``output``, calibrated on ``tensors``.
+
+    ``exclude`` names extra layers to keep in float (the accuracy gate's sensitive layers).
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    if not tensors:
+        raise UsageError("quantization needs at least one calibration image")
+    with tempfile.TemporaryDirectory(prefix="edgepose-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        onnx.save(prepare_for_quantization(fp32_onnx), str(prepared))
+        tail = float_tail(onnx.load(str(prepared)))
+        extra: dict[str, Any] = {
+            "ActivationSymmetric": config.symmetric_activations,
+            "WeightSymmetric": True,
+            # symmetric activations need symmetric calibrated ranges, or the zero point would be wasted
+            "CalibTensorRangeSymmetric": config.symmetric_activations,
+        }
+        if config.method == "percentile":
+            extra["CalibPercentile"] = config.percentile
+        quantize_static(
+            str(prepared),
+            str(output),
+            _FeedReader(input_name, tensors),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(config.op_types) or None,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            activation_type=QuantType.QUInt8 if config.activations == "u8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=[*tail, *exclude],
+            calibrate_method=_calibration_method(config.method),
+            extra_options=extra,
+        )
+    return QuantizedOnnx(Path(output), config, list(exclude), tail)

@@ -1,0 +1,280 @@
+"""INT8 for every target behind one function: quantize, measure agreement, and gate on AP.
+
+``quantize_for_target`` takes the verified FP32 ONNX and a calibration set and returns the target's INT8
+artifacts plus the manifest's ``calibration`` section:
+
+- ``cpu``: ONNX Runtime Q/DQ ONNX (per-channel int8 weights, uint8 activations).
+- ``openvino``: NNCF post-training quantization of the IR (default), or the Q/DQ ONNX converted to an IR
+  (``openvino_source="qdq"``).
+- ``jetson``: a symmetric Q/DQ ONNX for TensorRT's explicit quantization, built on the device; its
+  accuracy is checked here by running that same Q/DQ ONNX in ONNX Runtime.
+
+Every INT8 candidate is compared with FP32 on the held-back calibration images (pose agreement). With
+validation data and ``max_ap_drop`` the gate evaluates FP32 and INT8 AP; when INT8 loses more, the
+layers whose quantization hurts most (``sensitivity.rank_layers``) are kept in float, a few more each
+round, until the drop is within budget or the rounds run out (then ``ExportError`` with the table).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from edgepose.calibration.data import CalibrationSet, calibration_tensors
+from edgepose.calibration.graph import float_tail
+from edgepose.calibration.ort_quant import TENSORRT_CONFIG, OrtQuantConfig, quantize_onnx
+from edgepose.calibration.validation import ValidationSet
+from edgepose.runtimes.base import Runtime, create_runtime
+
+from edgepose.agreement import matched_pairs
+from edgepose.errors import ExportError, UsageError
+from edgepose.families import make_decoder
+from edgepose.poses import Poses
+from edgepose.preprocess import preprocess
+
+OPENVINO_SOURCES = ("nncf", "qdq")
+#: layers kept in float per gate round: 1, 2, 4, ... so a single bad layer costs one round
+_MAX_GATE_ROUNDS = 6
+
+
+@dataclass
+class Int8Request:
+    target: str
+    fp32_onnx: Path
+    workdir: Path
+    input_name: str
+    input_size: tuple[int, int]
+    decoder_cfg: dict[str, Any]
+    sigmas: np.ndarray
+    calibration: CalibrationSet
+    method: str = "minmax"
+    openvino_source: str = "nncf"
+    validation: ValidationSet | None = None
+    max_ap_drop: float | None = None
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Int8Candidate:
+    """One quantized build: its artifacts, how to run it here, and how it was made."""
+
+    artifacts: dict[str, Path]
+    runtime: str
+    model_path: Path
+    quantizer: dict[str, Any]
+    #: target-specific manifest fields (the OpenVINO section of an IR)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def open(self) -> Runtime:
+        opts = {"precision": "int8"} if self.runtime == "openvino" else {}
+        return create_runtime(self.runtime, self.model_path, **opts)
+
+
+@dataclass
+class Int8Result:
+    artifacts: dict[str, Path]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def cpu_isa() -> str:
+    """The CPU's best integer-dot-product instruction set: INT8 rounding and saturation depend on it."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    for flag, name in (
+        ("amx_int8", "AMX-INT8"),
+        ("avx512_vnni", "AVX512-VNNI"),
+        ("avx_vnni", "AVX-VNNI"),
+        ("avx512bw", "AVX512 (no VNNI)"),
+        ("avx2", "AVX2 (no VNNI)"),
+    ):
+        if f" {flag}" in flags:
+            return name
+    return platform.machine() or "unknown"
+
+
+def _build(
+    req: Int8Request, tensors: Sequence[np.ndarray], exclude: Sequence[str], tag: str
+) -> Int8Candidate:
+    """Quantize once with ``exclude`` kept in float (on top of the float tail)."""
+    work = req.workdir / f"int8-{tag}"
+    work.mkdir(parents=True, exist_ok=True)
+    if req.target in ("cpu", "jetson"):
+        config = replace(OrtQuantConfig() if req.target == "cpu" else TENSORRT_CONFIG, method=req.method)
+        q = quantize_onnx(req.fp32_onnx, work / "model.onnx", req.input_name, tensors, config, exclude)
+        return Int8Candidate({"model": q.path}, "onnxruntime", q.path, q.summary())
+    if req.target == "openvino":
+        from edgepose.calibration.openvino_quant import describe, nncf_quantizer
+        from edgepose.export.onnx2openvino import onnx_to_openvino
+
+        if req.openvino_source == "qdq":
+            config = OrtQuantConfig(method=req.method)
+            q = quantize_onnx(req.fp32_onnx, work / "qdq.onnx", req.input_name, tensors, config, exclude)
+            converted = onnx_to_openvino(q.path, work / "ir", "int8")
+            quantizer = {**q.summary(), "openvino": "Q/DQ ONNX converted to IR"}
+            model = q.path
+        else:
+            keep = [*float_tail(onnx.load(str(req.fp32_onnx))), *exclude]
+            converted = onnx_to_openvino(
+                req.fp32_onnx, work / "ir", "int8", quantize=nncf_quantizer(tensors, keep)
+            )
+            quantizer = {**describe("performance", keep), "excluded_layers": list(exclude)}
+            model = req.fp32_onnx
+        xml = converted["artifacts"]["ir"]
+        artifacts = {"model": model, **converted["artifacts"]}
+        return Int8Candidate(artifacts, "openvino", xml, quantizer, converted["manifest"])
+    raise UsageError(f"INT8 is not available for --target {req.target}")
+
+
+def _poses(runtime: Runtime, req: Int8Request, images: Sequence[np.ndarray]) -> list[Poses]:
+    decoder = make_decoder(req.decoder_cfg, "accuracy", {})
+    out = []
+    for img in images:
+        tensor, meta = preprocess(img, req.input_size)
+        out.append(decoder(runtime.infer({req.input_name: tensor}), meta))
+    return out
+
+
+def agreement(reference: list[Poses], candidate: list[Poses], sigmas: np.ndarray) -> dict[str, Any]:
+    """INT8-vs-FP32 pose agreement over images: matched poses, OKS, keypoint distance, score drift."""
+    from edgepose.compare import AgreementStats
+
+    stats = AgreementStats("a")
+    for i, (a, b) in enumerate(zip(reference, candidate)):
+        stats.add(f"held-back {i}", (0, 0), len(a), len(b), matched_pairs(b, a, sigmas))
+    return stats.summary()
+
+
+def _ap(runtime: Runtime, req: Int8Request, val: ValidationSet) -> float:
+    from edgepose.evaluation import evaluate
+
+    decoder = make_decoder(req.decoder_cfg, "accuracy", {})
+
+    def predict(img: np.ndarray) -> Poses:
+        tensor, meta = preprocess(img, req.input_size)
+        return decoder(runtime.infer({req.input_name: tensor}), meta)
+
+    return float(evaluate(predict, val.annotations, val.images_dir, req.sigmas)["AP"])
+
+
+def quantize_for_target(req: Int8Request) -> Int8Result:
+    """Quantize for ``req.target``; check agreement on held-back images; gate on AP when asked."""
+    if req.target == "openvino" and req.openvino_source not in OPENVINO_SOURCES:
+        raise UsageError(
+            f"unknown --int8-source '{req.openvino_source}'; use one of {', '.join(OPENVINO_SOURCES)}"
+        )
+    if req.max_ap_drop is not None and req.validation is None:
+        raise UsageError("--max-ap-drop needs --val (annotated images or synthetic[:PROFILE]) to measure AP")
+    calib = req.calibration
+    tensors = list(calibration_tensors(calib.images, req.input_size))
+    check_images = calib.held_back or calib.images[: min(8, len(calib.images))]
+    with create_runtime("onnxruntime", req.fp32_onnx) as fp32:
+        fp32_poses = _poses(fp32, req, check_images)
+        fp32_ap = _ap(fp32, req, req.validation) if req.validation is not None else None
+    req.log(f"quantizing to INT8 for {req.target} on {len(tensors)} calibration images ({calib.source})")
+    excluded: list[str] = []
+    ranking: list[Any] = []
+    rounds: list[dict[str, Any]] = []
+    for round_no in range(_MAX_GATE_ROUNDS + 1):
+        cand = _build(req, tensors, excluded, str(round_no))
+        with cand.open() as rt:
+            agree = agreement(fp32_poses, _poses(rt, req, check_images), req.sigmas)
+            int8_ap = _ap(rt, req, req.validation) if req.validation is not None else None
+        rounds.append({"excluded_layers": len(excluded), "AP": int8_ap})
+        if fp32_ap is None or req.max_ap_drop is None:
+            break
+        drop = fp32_ap - int8_ap
+        req.log(
+            f"gate: FP32 AP {fp32_ap:.4f}, INT8 AP {int8_ap:.4f} (drop {drop:.4f}, "
+            f"allowed {req.max_ap_drop:g}) with {len(excluded)} layer(s) in float"
+        )
+        if drop <= req.max_ap_drop:
+            break
+        if round_no == _MAX_GATE_ROUNDS:
+            table = "; ".join(f"{r['excluded_layers']} in float: AP {r['AP']:.4f}" for r in rounds)
+            raise ExportError(
+                f"INT8 loses {drop:.4f} AP (allowed {req.max_ap_drop:g}) even with {len(excluded)} layers "
+                f"kept in float (FP32 AP {fp32_ap:.4f}; {table}); raise --max-ap-drop, calibrate on more "
+                "representative images, or export fp16/fp32"
+            )
+        if not ranking:
+            ranking = _rank(req, tensors, check_images)
+            if not ranking:
+                raise ExportError(
+                    "the gate found no quantized layer to keep in float; export fp16/fp32 instead"
+                )
+        excluded = [r.layer for r in ranking[: min(len(ranking), 2**round_no)]]
+    manifest = {
+        **cand.manifest,
+        "calibration": {
+            **calib.summary(),
+            "method": req.method,
+            "instruction_set": cpu_isa(),
+            "quantizer": cand.quantizer,
+            "excluded_layers": excluded,
+            "agreement": {
+                **agree,
+                "images": len(check_images),
+                "data": "held-back calibration images",
+                "reference": "FP32 ONNX in ONNX Runtime",
+            },
+            "gate": _gate_record(req, fp32_ap, rounds, int8_ap),
+        },
+    }
+    if fp32_ap is not None:
+        manifest["accuracy"] = {
+            "AP": int8_ap,
+            "fp32_AP": fp32_ap,
+            "data": req.validation.description,
+            "preset": "accuracy",
+        }
+    return Int8Result(cand.artifacts, manifest)
+
+
+def _gate_record(
+    req: Int8Request, fp32_ap: float | None, rounds: list, int8_ap: float | None
+) -> dict[str, Any]:
+    if req.validation is None or req.max_ap_drop is None:
+        return {
+            "enabled": False,
+            "note": "no --val/--max-ap-drop: the agreement figures are the only check",
+            **({"fp32_AP": fp32_ap, "int8_AP": int8_ap} if fp32_ap is not None else {}),
+        }
+    return {
+        "enabled": True,
+        "max_ap_drop": req.max_ap_drop,
+        "fp32_AP": fp32_ap,
+        "int8_AP": int8_ap,
+        "ap_drop": fp32_ap - int8_ap,
+        "data": req.validation.description,
+        "rounds": rounds,
+    }
+
+
+def _rank(req: Int8Request, tensors: Sequence[np.ndarray], images: Sequence[np.ndarray]) -> list[Any]:
+    """Layers by how much INT8 error keeping each in float removes, measured on a Q/DQ ONNX of the model."""
+    from edgepose.calibration.sensitivity import rank_layers
+
+    qdq = req.workdir / "sensitivity" / "qdq.onnx"
+    qdq.parent.mkdir(parents=True, exist_ok=True)
+    config = (
+        OrtQuantConfig(method=req.method)
+        if req.target != "jetson"
+        else replace(TENSORRT_CONFIG, method=req.method)
+    )
+    q = quantize_onnx(req.fp32_onnx, qdq, req.input_name, tensors, config)
+    probe = list(calibration_tensors(images, req.input_size))
+    full, ranked = rank_layers(q.path, req.fp32_onnx, req.input_name, probe)
+    req.log(
+        f"sensitivity: full INT8 error {full:.4g}; most sensitive: "
+        + ", ".join(f"{r.layer} ({r.recovered:.0%})" for r in ranked[:4])
+    )
+    return [r for r in ranked if r.recovered > 0]

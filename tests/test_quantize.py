@@ -1,0 +1,233 @@
+"""INT8 export for every target: the artifacts are really quantized where they should be and float where
+they must stay float, the manifest records how, the accuracy gate acts, and bad input writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from edgepose.calibration.data import load_calibration
+from edgepose.calibration.graph import float_tail
+from edgepose.calibration.quantize import Int8Request, quantize_for_target
+from edgepose.calibration.validation import ValidationSet
+from edgepose.export.pipeline import ExportOptions, export_model
+
+import edgepose
+from edgepose.bundle import load_bundle
+from edgepose.errors import ExportError
+from edgepose.samples import sample_image_paths
+
+pytest.importorskip("torch")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edgepose.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def _export(out: Path, target: str, **kw) -> Path:
+    opts = ExportOptions(
+        model="kapao-t",
+        random_weights=True,
+        imgsz="256",
+        output=out,
+        target=target,
+        precision="int8",
+        calib=kw.pop("calib", "synthetic"),
+        calib_size=kw.pop("calib_size", 12),
+        **kw,
+    )
+    return export_model(opts, log=lambda m: None).path
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("int8")
+    return {t: _export(root / t, t) for t in ("cpu", "openvino", "jetson")}
+
+
+def _weight_quantized(model: onnx.ModelProto) -> dict[str, bool]:
+    """Conv name -> whether its weight comes through a DequantizeLinear."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            p = producer.get(n.input[1])
+            out[n.name] = p is not None and p.op_type == "DequantizeLinear"
+    return out
+
+
+def test_cpu_int8_is_qdq_with_a_float_tail_and_records_its_calibration(bundles):
+    b = load_bundle(bundles["cpu"])
+    m = b.manifest
+    assert m["precision"] == "int8" and m["runtime"]["name"] == "onnxruntime"
+    model = onnx.load(str(b.artifact("model")))
+    quantized = _weight_quantized(model)
+    tail = [n for n in float_tail(model) if n in quantized]
+    assert len(tail) == 4  # one head convolution per output level (P3..P6) ...
+    assert not any(quantized[n] for n in tail)  # ... all in float
+    assert sum(quantized.values()) == len(quantized) - len(tail)  # every other convolution is INT8
+    cal = m["calibration"]
+    assert cal["kind"] == "synthetic" and cal["count"] == 12 and cal["held_back"] > 0
+    assert len(cal["sha256"]) == 64 and cal["method"] == "minmax" and cal["instruction_set"]
+    assert cal["quantizer"]["per_channel"] is True and cal["quantizer"]["format"] == "QDQ"
+    for key in ("matched", "mean_oks", "mean_keypoint_px", "mean_score_drift"):
+        assert key in cal["agreement"]
+    assert cal["gate"]["enabled"] is False and "agreement" in cal["gate"]["note"]
+    with edgepose.load(bundles["cpu"], preset="accuracy") as est:
+        poses = est.predict_file(sample_image_paths()[0])
+    assert poses.keypoints.shape[1:] == (17, 3)
+
+
+def test_openvino_int8_ir_has_fake_quantize_except_the_tail(bundles):
+    import openvino as ov
+
+    b = load_bundle(bundles["openvino"])
+    assert b.manifest["runtime"]["name"] == "openvino" and b.precision == "int8"
+    model = ov.Core().read_model(str(b.artifact("ir")))
+    ops = {op.get_friendly_name(): op for op in model.get_ops()}
+    assert sum(op.get_type_name() == "FakeQuantize" for op in ops.values()) > 20
+    # A head convolution's weights come straight from a constant (no FakeQuantize): it runs in float.
+    head = ops["/model.33/m.0/Conv/WithoutBiases"]
+    weight_src = head.input_value(1).get_node()
+    while weight_src.get_type_name() in ("Convert", "Reshape"):
+        weight_src = weight_src.input_value(0).get_node()
+    assert weight_src.get_type_name() == "Constant"
+    with edgepose.load(bundles["openvino"], preset="accuracy") as est:
+        assert est.runtime.name == "openvino"
+        est.predict_file(sample_image_paths()[0])
+
+
+def test_jetson_int8_is_a_symmetric_qdq_onnx_checked_in_onnxruntime(bundles):
+    b = load_bundle(bundles["jetson"])
+    model = onnx.load(str(b.artifact("model")))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    zero_points = [n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(inits[z].dtype == np.int8 and not inits[z].any() for z in zero_points)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    adds = [n for n in model.graph.node if n.op_type == "Add" and n.name.startswith("/model")]
+    assert any(
+        all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)
+        for n in adds
+    )  # residual adds run between Q/DQ pairs
+    cal = b.manifest["calibration"]
+    assert cal["quantizer"]["activations"] == "s8" and cal["quantizer"]["symmetric_activations"] is True
+    assert "build" in b.manifest["tensorrt"] and b.manifest["precision"] == "int8"
+
+
+def _self_labelled_validation(fp32_bundle: Path, folder: Path) -> ValidationSet:
+    """Validation data labelled by the FP32 model itself (its 3 best poses per image): FP32 AP is near 1,
+    so any INT8 damage shows as an AP drop the gate must act on."""
+    images, anns = [], []
+    (folder / "images").mkdir(parents=True)
+    with edgepose.load(fp32_bundle, preset="accuracy") as est:
+        for i, path in enumerate(sample_image_paths()):
+            name = f"{path.stem}.png"  # lossless: the gate must see the very pixels that were labelled
+            img = cv2.imread(str(path))
+            cv2.imwrite(str(folder / "images" / name), img)
+            images.append({"id": i, "file_name": name, "width": img.shape[1], "height": img.shape[0]})
+            poses = est(img)
+            for j in np.argsort(-poses.scores)[:3]:
+                kp = poses.keypoints[j].copy()
+                kp[:, 2] = 2
+                x1, y1, x2, y2 = (float(v) for v in poses.boxes[j])
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i,
+                        "category_id": 1,
+                        "iscrowd": 0,
+                        "keypoints": kp.reshape(-1).tolist(),
+                        "num_keypoints": 17,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": max((x2 - x1) * (y2 - y1), 1.0),
+                    }
+                )
+    cats = [{"id": 1, "name": "person", "keypoints": [str(k) for k in range(17)]}]
+    data = {"images": images, "annotations": anns, "categories": cats}
+    return ValidationSet(data, folder / "images", "self-labelled samples")
+
+
+def test_gate_keeps_sensitive_layers_in_float_or_refuses_cleanly(tmp_path):
+    fp32 = export_model(
+        ExportOptions(model="kapao-t", random_weights=True, imgsz="256", output=tmp_path / "fp32"),
+        log=lambda m: None,
+    )
+    val = _self_labelled_validation(fp32.path, tmp_path / "val")
+    head = fp32.manifest["decoder"]
+    calib = load_calibration("synthetic", size=12)
+    logs: list[str] = []
+    req = Int8Request(
+        target="cpu",
+        fp32_onnx=fp32.artifact("model"),
+        workdir=tmp_path / "work",
+        input_name="images",
+        input_size=fp32.input_size,
+        decoder_cfg=head,
+        sigmas=fp32.skeleton.sigmas_array,
+        calibration=calib,
+        validation=val,
+        max_ap_drop=0.001,
+        log=logs.append,
+    )
+    try:
+        result = quantize_for_target(req)
+    except ExportError as e:
+        msg = str(e)
+        assert "\n" not in msg and "kept in float" in msg and "--max-ap-drop" in msg
+        assert any(line.startswith("sensitivity:") for line in logs)
+        return
+    gate = result.manifest["calibration"]["gate"]
+    assert gate["enabled"] and gate["ap_drop"] <= 0.001
+    assert gate["rounds"][0]["excluded_layers"] == 0 and len(gate["rounds"]) > 1  # it had to act
+    excluded = result.manifest["calibration"]["excluded_layers"]
+    quantized = _weight_quantized(onnx.load(str(result.artifacts["model"])))
+    assert excluded and not any(quantized[n] for n in excluded)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--precision", "int8"], ["--calib"]),
+        (["--calib", "synthetic"], ["--precision int8"]),
+        (["--precision", "int8", "--calib", "synthetic", "--max-ap-drop", "0.01"], ["--val"]),
+    ],
+)
+def test_int8_flag_mistakes_are_one_line(tmp_path, args, words):
+    out = tmp_path / "b"
+    res = _cli("export", "kapao-t", "--random-weights", "--imgsz", "256", "--output", str(out), *args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and all(w in res.stderr for w in words), res.stderr
+    assert not out.exists()
+
+
+def test_bad_calibration_folders_write_no_bundle(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    gray = tmp_path / "gray"
+    gray.mkdir()
+    cv2.imwrite(str(gray / "a.png"), np.full((64, 64), 90, np.uint8))
+    for folder, word in ((empty, "no images"), (gray, "3-channel")):
+        out = tmp_path / f"b-{folder.name}"
+        res = _cli(
+            "export",
+            "kapao-t",
+            "--random-weights",
+            "--imgsz",
+            "256",
+            "--precision",
+            "int8",
+            "--calib",
+            str(folder),
+            "--output",
+            str(out),
+        )
+        assert res.returncode != 0 and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and word in res.stderr, res.stderr
+        assert not out.exists()
