@@ -37,15 +37,19 @@ class OrtQuantConfig:
     #: operator types to quantize; empty means ONNX Runtime's default set
     op_types: tuple[str, ...] = ()
     percentile: float = 99.999
+    #: "qdq" (portable: ORT, TensorRT and OpenVINO read it) or "qoperator" (QLinearConv & co., ORT only)
+    format: str = "qdq"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown calibration method '{self.method}'; use one of {', '.join(METHODS)}")
         if self.activations not in ("u8", "s8"):
             raise UsageError(f"unknown activation type '{self.activations}'; use u8 or s8")
+        if self.format not in ("qdq", "qoperator"):
+            raise UsageError(f"unknown quantization format '{self.format}'; use qdq or qoperator")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "op_types": list(self.op_types), "format": "QDQ"}
+        return {**asdict(self), "op_types": list(self.op_types), "format": self.format.upper()}
 
 
 #: TensorRT's explicit quantization wants symmetric int8 everywhere, Q/DQ on convolution inputs and
@@ -139,7 +143,7 @@ def quantize_onnx(
             str(prepared),
             str(output),
             _FeedReader(input_name, tensors),
-            quant_format=QuantFormat.QDQ,
+            quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
             op_types_to_quantize=list(config.op_types) or None,
             per_channel=config.per_channel,
             reduce_range=config.reduce_range,

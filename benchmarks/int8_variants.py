@@ -1,0 +1,150 @@
+"""Which INT8 recipe is fastest here: ONNX Runtime and OpenVINO variants against FP32, one interleaved run.
+
+ONNX Runtime: Q/DQ vs QOperator, per-channel vs per-tensor weights, reduce_range (7-bit weights, for CPUs
+without VNNI), uint8 vs int8 activations, every default op type vs convolutions only. OpenVINO: NNCF
+``performance`` vs ``mixed`` presets on the IR, and the ORT Q/DQ ONNX converted to an IR. Latency does
+not depend on the weights, so the model has random weights; the figures are inference only (the
+``inference`` stage of ``edgepose bench``), median of interleaved rounds on 2 threads.
+
+    python benchmarks/int8_variants.py                       # kapao-s at 640
+    python benchmarks/int8_variants.py --model kapao-n --imgsz 384x320 --json variants.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ORT_VARIANTS = {
+    "Q/DQ, per-channel, u8 activations (default)": {},
+    "Q/DQ, per-tensor": {"per_channel": False},
+    "Q/DQ, per-channel, reduce_range": {"reduce_range": True},
+    "Q/DQ, int8 activations": {"activations": "s8"},
+    "Q/DQ, convolutions only": {"op_types": ("Conv",)},
+    "QOperator, per-channel": {"format": "qoperator"},
+    "TensorRT recipe (symmetric int8, Conv+Add)": "tensorrt",
+}
+OV_VARIANTS = ("nncf performance (default)", "nncf mixed", "ORT Q/DQ ONNX -> IR")
+
+
+def _time_round_robin(runners: dict[str, callable], iters: int, warmup: int) -> dict[str, float]:
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(iters):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) * 1000 for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="kapao-s")
+    ap.add_argument("--imgsz", default="640")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--calib-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    import onnx
+    import onnxruntime as ort
+    import openvino as ov
+    from edgepose.calibration.data import calibration_tensors, load_calibration
+    from edgepose.calibration.graph import float_tail
+    from edgepose.calibration.openvino_quant import nncf_quantizer
+    from edgepose.calibration.ort_quant import TENSORRT_CONFIG, OrtQuantConfig, quantize_onnx
+    from edgepose.export.onnx2openvino import onnx_to_openvino
+    from edgepose.export.pipeline import ExportOptions, export_model
+    from edgepose.runtimes.onnxruntime import DISABLED_OPTIMIZERS
+
+    from edgepose.sysinfo import machine_summary
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        bundle = export_model(
+            ExportOptions(model=args.model, random_weights=True, imgsz=args.imgsz, output=root / "fp32"),
+            log=lambda m: None,
+        )
+        fp32 = bundle.artifact("model")
+        size = bundle.input_size
+        calib = load_calibration("synthetic", size=args.calib_size, held_back=0)
+        tensors = list(calibration_tensors(calib.images, size))
+        x = tensors[0]
+
+        onnx_models = {"FP32": fp32}
+        for label, change in ORT_VARIANTS.items():
+            config = TENSORRT_CONFIG if change == "tensorrt" else OrtQuantConfig(**change)
+            path = root / f"ort-{len(onnx_models)}.onnx"
+            quantize_onnx(fp32, path, "images", tensors, config)
+            onnx_models[label] = path
+        tail = float_tail(onnx.load(str(fp32)))
+        irs = {"FP32": onnx_to_openvino(fp32, root / "ir-fp32", "fp32")["artifacts"]["ir"]}
+        for i, preset in enumerate(("performance", "mixed")):
+            q = nncf_quantizer(tensors, tail, preset)
+            irs[OV_VARIANTS[i]] = onnx_to_openvino(fp32, root / f"ir-{preset}", "int8", quantize=q)[
+                "artifacts"
+            ]["ir"]
+        irs[OV_VARIANTS[2]] = onnx_to_openvino(
+            onnx_models["Q/DQ, per-channel, u8 activations (default)"], root / "ir-qdq", "int8"
+        )["artifacts"]["ir"]
+
+        runners = {}
+        for label, path in onnx_models.items():
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = args.threads
+            sess = ort.InferenceSession(
+                str(path),
+                so,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=list(DISABLED_OPTIMIZERS),
+            )
+            runners[("onnxruntime", label)] = lambda s=sess: s.run(None, {"images": x})
+        core = ov.Core()
+        for label, xml in irs.items():
+            compiled = core.compile_model(
+                str(xml),
+                "CPU",
+                {
+                    "INFERENCE_PRECISION_HINT": "f32",
+                    "INFERENCE_NUM_THREADS": args.threads,
+                    "PERFORMANCE_HINT": "LATENCY",
+                },
+            )
+            request = compiled.create_infer_request()
+            runners[("openvino", label)] = lambda r=request: r.infer({0: x})
+        medians = _time_round_robin(runners, args.iters, args.warmup)
+
+    machine = machine_summary()
+    cpu = machine["cpu"]
+    print(
+        f"{args.model} at {args.imgsz}; {cpu['model']}, {cpu['cores']} cores ({', '.join(cpu['isa'])}); "
+        f"{args.threads} threads, {args.iters} interleaved rounds"
+    )
+    print("| runtime | variant | inference p50 (ms) | speed-up vs FP32 |")
+    print("|---|---|---|---|")
+    rows = []
+    for (runtime, label), ms in medians.items():
+        speedup = medians[(runtime, "FP32")] / ms
+        rows.append(
+            {"runtime": runtime, "variant": label, "inference_p50_ms": ms, "speedup_vs_fp32": speedup}
+        )
+        print(f"| {runtime} | {label} | {ms:.1f} | {speedup:.2f}× |")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"machine": machine, "model": args.model, "imgsz": args.imgsz, "rows": rows}, indent=2)
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
