@@ -339,7 +339,7 @@ def train(
     threads: Annotated[int, typer.Option(help="torch threads")] = 2,
     seed: Annotated[int, typer.Option(help="seed for initialisation, data order and augmentation")] = 0,
 ) -> None:
-    """Train or fine-tune a KAPAO model (resumable; the EMA weights are what is saved)."""
+    """Train or fine-tune a KAPAO, DEKR or SAHR model (resumable; the EMA weights are what is saved)."""
     from edgepose.training.trainer import train as run_training
 
     best = run_training(

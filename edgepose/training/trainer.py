@@ -1,4 +1,6 @@
-"""The KAPAO training loop: fine-tune on a COCO keypoint folder or train on the synthetic stream.
+"""The training loop for KAPAO, DEKR and SAHR: fine-tune on a COCO keypoint folder or train on the
+synthetic stream. What differs per family (targets, training forward, loss and its parts) comes from
+``edgepose.training.families``; validation decodes with the family's deployment decoder.
 
 YOLOv5/KAPAO recipe: three parameter groups (BatchNorm weights, other weights with decay, biases),
 a warm-up that ramps learning rate (and SGD momentum, and gradient accumulation up to the nominal
@@ -48,8 +50,7 @@ from edgepose.training.datasets import (
     collate,
     find_coco_split,
 )
-from edgepose.training.kapao_loss import KapaoLoss, KapaoLossConfig
-from edgepose.training.kapao_targets import build_objects
+from edgepose.training.families import training_family
 
 STATE_FILE = "state.pt"
 NOMINAL_BATCH = 64
@@ -82,7 +83,7 @@ class TrainConfig:
     workers: int = 1
     arch: str | None = None
     augment: dict = field(default_factory=lambda: asdict(AugmentConfig()))
-    loss: dict = field(default_factory=lambda: KapaoLossConfig().to_dict())
+    loss: dict = field(default_factory=dict)  # empty: the family's defaults, filled in when the run starts
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -225,14 +226,15 @@ def _category(skeleton: Skeleton) -> dict:
 def evaluate_model(
     model: nn.Module, val: ValidationSet, imgsz: tuple[int, int], skeleton: Skeleton, batch: int = 8
 ) -> dict[str, float]:
-    """OKS AP of ``model`` on ``val`` through the deployment path: letterbox, raw logits, numba decoder."""
-    from edgepose.decoders.kapao import PRESETS, KapaoHead, decode
+    """OKS AP of ``model`` on ``val`` through the deployment path: letterbox, raw outputs, the family's
+    numba decoder (``accuracy`` preset). In eval mode each family's ``forward`` returns what its ONNX does."""
     from edgepose.evaluation import evaluate_results
+    from edgepose.families import decoder_config, make_decoder
     from edgepose.preprocess import preprocess
 
-    spec = model.head_spec()
-    head = KapaoHead(tuple(spec["strides"]), np.asarray(spec["anchors"]), int(spec["num_keypoints"]))
-    params = PRESETS["accuracy"]
+    dec_cfg = decoder_config(model.family, model.head_spec())
+    decode = make_decoder(dec_cfg, dec_cfg["eval_preset"])
+    names = decode.head.output_names
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -243,7 +245,7 @@ def evaluate_model(
             x = torch.from_numpy(np.concatenate([t for t, _ in chunk])).to(device)
             raw = [r.float().cpu().numpy() for r in model(x)]
             for b, (_, meta) in enumerate(chunk):
-                poses = decode([r[b : b + 1] for r in raw], meta, params, head)
+                poses = decode(dict(zip(names, (r[b : b + 1] for r in raw), strict=True)), meta)
                 results += poses.to_coco_results(val.image_ids[start + b])
     model.train(was_training)
     stats = evaluate_results(val.coco, results, skeleton.sigmas_array)
@@ -258,7 +260,10 @@ def _build_model(
     from edgepose.models.zoo import ZOO, build_model
 
     if spec in ZOO and not Path(spec).is_file():
-        return build_model(spec, num_keypoints=num_keypoints), spec
+        model = build_model(spec, num_keypoints=num_keypoints)
+        if hasattr(model, "init_weights"):  # the official from-scratch initialisation (DEKR, SAHR)
+            model.init_weights()
+        return model, spec
     path = Path(spec)
     if not path.is_file():
         raise UsageError(f"'{spec}' is neither a zoo model ({', '.join(sorted(ZOO))}) nor a checkpoint file")
@@ -352,7 +357,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         net, self.arch = _build_model(cfg.model, cfg.arch, self.skeleton.num_keypoints, self.log)
         self.net = net.to(device).train()
-        self.criterion = KapaoLoss(self.net.head_spec(), cfg.imgsz, KapaoLossConfig(**cfg.loss))
+        self.family = training_family(self.net, cfg.imgsz, cfg.loss)
+        self.cfg = cfg = replace(cfg, loss=self.family.loss_dict())
 
         self.nb = len(self.train_set) // cfg.batch
         self.sampler = EpochSampler(len(self.train_set), self.nb * cfg.batch, cfg.seed)
@@ -438,23 +444,22 @@ class Trainer:
                 record["wall_s"] = self.wall_before + time.time() - t_run
                 self.history.append(record)
                 self.save(epoch, record)
-                self.log(_summary(record, c.epochs))
+                self.log(_summary(record, c.epochs, self.family.columns))
                 if self.callback is not None and self.callback(record):
                     break
         return _final(self.out)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        c, nb, k = self.cfg, self.nb, self.skeleton.num_keypoints
+        c, nb, columns = self.cfg, self.nb, self.family.columns
         self.net.train()
         self.sampler.set_epoch(epoch)
         loader = self.loader()
         task = self.bar.add_task(f"epoch {epoch + 1}/{c.epochs}", total=nb) if self.bar else None
-        sums, seen, pending, t0 = torch.zeros(4), 0, 0, time.time()
+        sums, seen, pending, t0 = torch.zeros(len(columns)), 0, 0, time.time()
         for i, (imgs, people) in enumerate(loader):
             accumulate = self.schedule(i + nb * epoch)
             x = imgs.to(self.device).float().mul_(1.0 / 255.0)
-            objects = build_objects(people.numpy(), k, c.imgsz, self.criterion.config.kp_bbox)
-            loss, items = self.criterion(self.net(x), torch.from_numpy(objects).to(self.device))
+            loss, items = self.family.step(self.net, x, people)
             if not torch.isfinite(loss):
                 raise DataError(f"the loss became {float(loss)} at epoch {epoch + 1}; try a lower --lr")
             loss.backward()
@@ -470,23 +475,19 @@ class Trainer:
             sums += items.cpu()
             seen += imgs.shape[0]
             if self.bar is not None:
-                m = (sums / (i + 1)).tolist()
+                parts = " ".join(f"{n} {v:.4f}" for n, v in zip(columns, (sums / (i + 1)).tolist()))
                 self.bar.update(
                     task,
                     advance=1,
                     description=(
-                        f"epoch {epoch + 1}/{c.epochs} box {m[0]:.4f} obj {m[1]:.4f} cls {m[2]:.4f} "
-                        f"kp {m[3]:.4f} {seen / (time.time() - t0):.1f} img/s"
+                        f"epoch {epoch + 1}/{c.epochs} {parts} {seen / (time.time() - t0):.1f} img/s"
                     ),
                 )
         mean = (sums / nb).tolist()
         return {
             "epoch": epoch + 1,
             "lr": self.opt.param_groups[1]["lr"],
-            "box": mean[0],
-            "obj": mean[1],
-            "cls": mean[2],
-            "kp": mean[3],
+            **dict(zip(columns, mean)),
             "loss": sum(mean),
             "img_per_s": seen / (time.time() - t0),
         }
@@ -546,7 +547,7 @@ def train(
     command: str | None = None,
     callback: Callable[[dict], bool | None] | None = None,
 ) -> Path:
-    """Train or fine-tune a KAPAO model; returns the best (else the last) EMA checkpoint.
+    """Train or fine-tune a KAPAO, DEKR or SAHR model; returns the best (else the last) EMA checkpoint.
 
     ``model`` is a zoo name (random init) or a checkpoint (``arch`` names a plain state dict's zoo model);
     ``data`` is ``"synthetic"`` or a folder of COCO keypoint data (its ``*val*`` annotation file, if
@@ -623,10 +624,11 @@ def _write_history(path: Path, history: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _summary(r: dict, epochs: int) -> str:
+def _summary(r: dict, epochs: int, columns: tuple[str, ...]) -> str:
+    parts = " ".join(f"{n} {r[n]:.4f}" for n in columns)
     text = (
-        f"epoch {r['epoch']}/{epochs}: loss {r['loss']:.4f} (box {r['box']:.4f} obj {r['obj']:.4f} "
-        f"cls {r['cls']:.4f} kp {r['kp']:.4f}) lr {r['lr']:.5f} {r['img_per_s']:.1f} img/s"
+        f"epoch {r['epoch']}/{epochs}: loss {r['loss']:.4f} ({parts}) lr {r['lr']:.5f} "
+        f"{r['img_per_s']:.1f} img/s"
     )
     if "AP" in r:
         text += f" AP {r['AP']:.3f}"
