@@ -203,6 +203,14 @@ def demo(
     threads: Annotated[
         int | None, typer.Option(help="CPU inference threads (default: all cores)", min=1)
     ] = None,
+    streams: Annotated[
+        int | None,
+        typer.Option(
+            help="parallel inference streams (default: 1), each with --threads threads "
+            "(then by default cores / streams)",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Live pose demo: capture, pre-process, inference and post-process in parallel threads."""
     from edgepose.demo.run import run_demo
@@ -220,6 +228,7 @@ def demo(
         draw_boxes=boxes,
         threads=threads,
         log=_log,
+        streams=streams,
     )
     stages = "  ".join(f"{k} {v:.1f}" for k, v in summary["stage_ms"].items())
     end = " (interrupted)" if summary["interrupted"] else ""

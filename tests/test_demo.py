@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgepose.demo.pipeline import FrameQueue, Pipeline
-from edgepose.demo.run import run_demo
+from edgepose.demo.pipeline import FrameQueue, FrameResult, Pipeline, ReorderQueue
+from edgepose.demo.run import InferStreams, run_demo
 from edgepose.demo.sinks import display_problem
 from edgepose.demo.sources import open_source, source_kind
 from edgepose.errors import EdgeposeError, InputError
@@ -251,6 +251,160 @@ def test_ctrl_c_finishes_the_outputs(estimator, tmp_path):
     assert _frame_count(video) == summary["frames"]
     assert len(jsonl.read_text().splitlines()) == summary["frames"]
     assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "out.mp4"]
+
+
+def _poses_by_frame(path: Path) -> list[dict]:
+    return [json.loads(s) for s in path.read_text().splitlines()]
+
+
+def _assert_same_poses(a: list[dict], b: list[dict]) -> None:
+    assert [d["frame"] for d in a] == [d["frame"] for d in b]
+    for da, db in zip(a, b):
+        assert da["time"] == db["time"] and len(da["poses"]) == len(db["poses"]), da["frame"]
+        for pa, pb in zip(da["poses"], db["poses"]):
+            assert pa["score"] == pytest.approx(pb["score"], abs=1e-3)
+            np.testing.assert_allclose(pa["keypoints"], pb["keypoints"], atol=0.02)
+
+
+def test_two_streams_yield_every_frame_in_order_with_the_same_poses(bundle, estimator, tmp_path):
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    summary = run_demo("unused", str(VIDEO), json_lines=one, show=False, estimator=estimator, streams=1)
+    assert summary["streams"] == 1 and summary["reordered"] == 0
+    res = _cli(
+        "demo", str(bundle), "--source", str(VIDEO), "--no-show", "--streams", "2", "--json-lines", str(two)
+    )
+    assert res.returncode == 0, res.stderr
+    a, b = _poses_by_frame(one), _poses_by_frame(two)
+    assert [d["frame"] for d in b] == list(range(120))
+    assert sum(len(d["poses"]) for d in a) > 0
+    _assert_same_poses(a, b)
+
+
+class SlowStream:
+    """A second runtime of the bundle whose every inference also sleeps, so the other stream overtakes it."""
+
+    def __init__(self, infer, seconds: float) -> None:
+        self.infer, self.seconds, self.calls = infer, seconds, 0
+
+    def __call__(self, tensor):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return self.infer(tensor)
+
+
+def test_reorder_buffer_puts_overtaken_frames_back_in_order(estimator):
+    streams = InferStreams(estimator, 2)
+    try:
+        assert len(streams.runtimes) == 1  # the second stream has its own session
+        slow = SlowStream(streams.calls[1], 0.03)
+        with Pipeline(estimator, open_source(VIDEO), max_frames=40, streams=[streams.calls[0], slow]) as pipe:
+            results = list(pipe)
+    finally:
+        streams.close()
+    assert [r.index for r in results] == list(range(40)) and _no_demo_threads()
+    assert {r.stream for r in results} == {0, 1} and slow.calls > 0
+    assert pipe.reordered > 0  # frames really finished out of order
+    cap = cv2.VideoCapture(str(VIDEO))
+    for r in results[:12]:
+        ok, frame = cap.read()
+        assert ok and np.array_equal(frame, r.image)
+        expected = estimator(frame)
+        np.testing.assert_allclose(r.poses.keypoints, expected.keypoints, atol=0.02)
+    cap.release()
+
+
+def test_a_stalled_stream_cannot_grow_the_reorder_buffer(estimator):
+    streams = InferStreams(estimator, 2)
+    stalls = []
+
+    def stalls_once(tensor):  # one long hiccup while the other stream races ahead
+        if not stalls:
+            stalls.append(1)
+            time.sleep(0.6)
+        return streams.calls[1](tensor)
+
+    try:
+        with Pipeline(
+            estimator, open_source(VIDEO), max_frames=60, streams=[streams.calls[0], stalls_once]
+        ) as pipe:
+            results = list(pipe)
+    finally:
+        streams.close()
+    assert [r.index for r in results] == list(range(60)) and _no_demo_threads()
+    # The free stream ran ahead only as far as the in-flight cap lets it (~100 frames otherwise).
+    assert 2 <= pipe.reorder_peak < pipe.in_flight_limit <= 12
+
+
+def test_reorder_queue_hands_out_by_seq():
+    stop = threading.Event()
+    q = ReorderQueue(3)
+    frames = [FrameResult(i, 0.0, np.zeros((1, 1, 3), np.uint8), seq=i) for i in range(7)]
+    assert q.put(frames[2], stop) and q.put(frames[1], stop)  # early: held back, never waiting
+    stop.set()
+    assert not isinstance(q.get(stop), FrameResult)  # nothing is ready: a stopped get ends
+    stop.clear()
+    assert q.put(frames[0], stop)
+    assert [q.get(stop).seq for _ in range(3)] == [0, 1, 2] and q.reordered == 2
+    # Frames whose turn it is respect the bound: a put on a full queue gives up once stopped.
+    assert all(q.put(f, stop) for f in frames[3:6])
+    stop.set()
+    assert not q.put(frames[6], stop)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to oneself is POSIX")
+def test_two_streams_stop_mid_stream_and_join(estimator, tmp_path):
+    video, jsonl = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    summary = run_demo(
+        "unused",
+        InterruptingSource(20),
+        save=video,
+        json_lines=jsonl,
+        show=False,
+        estimator=estimator,
+        streams=2,
+    )
+    assert summary["interrupted"] and summary["streams"] == 2 and 0 < summary["frames"] < 120
+    assert _no_demo_threads()
+    assert _frame_count(video) == summary["frames"]
+    assert [d["frame"] for d in _poses_by_frame(jsonl)] == list(range(summary["frames"]))
+    # Leaving the loop early (q in the window) with both streams busy joins every thread too.
+    streams = InferStreams(estimator, 2)
+    try:
+        with Pipeline(estimator, open_source(VIDEO), streams=streams.calls) as pipe:
+            for r in pipe:
+                if r.index == 5:
+                    break
+        assert pipe.close() == [] and _no_demo_threads()
+    finally:
+        streams.close()
+
+
+def test_two_streams_failing_inference_joins_and_names_the_stage(estimator):
+    calls = []
+
+    def failing(tensor):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("stream lost")
+        return estimator.infer(tensor)
+
+    with pytest.raises(EdgeposeError, match="^the infer stage failed: RuntimeError: stream lost$"):
+        with Pipeline(estimator, open_source(VIDEO), streams=[estimator.infer, failing]) as pipe:
+            list(pipe)
+    assert _no_demo_threads()
+
+
+def test_live_source_with_two_streams_keeps_order_and_drops_stale_frames(estimator):
+    source = FastLiveSource()
+    slow = SlowEstimator(estimator)
+    slow.source = source
+    with Pipeline(slow, source, max_frames=15, streams=[slow.infer, slow.infer]) as pipe:
+        results = list(pipe)
+    assert len(results) == 15 and _no_demo_threads() and source.closed
+    index = [r.index for r in results]
+    assert index == sorted(index) and len(set(index)) == 15
+    assert {r.stream for r in results} == {0, 1}
+    assert pipe.dropped > 100
 
 
 def test_bad_inputs_are_one_sentence_and_write_nothing(bundle, tmp_path):

@@ -16,20 +16,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgepose.demo.overlay import render_frame, status_lines
-from edgepose.demo.pipeline import Pipeline
+from edgepose.demo.pipeline import InferFn, Pipeline
 from edgepose.demo.sinks import JsonLinesSink, VideoSink, WindowSink, display_problem
 from edgepose.demo.sources import FrameSource, open_source
+from edgepose.errors import UsageError
 
 
-def inference_threads(cores: int | None = None) -> int:
-    """Every core: the other stages are light (~5 ms a frame) and mostly wait on queues.
+def inference_threads(cores: int | None = None, streams: int = 1) -> int:
+    """Every core, shared out among the streams: the other stages are light (~5 ms a frame).
 
     Measured with benchmarks/demo_pipeline.py on this project's idle 2-core machine (kapao-n 640):
     2 inference threads 38.5 FPS, 1 thread 27.5 FPS. With another job holding a core, 1 thread wins
     (81 vs 155 ms per inference): pass --threads 1 there.
     """
-    return cores if cores is not None else (os.cpu_count() or 1)
+    total = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, total // max(1, streams))
+
+
+def default_streams() -> int:
+    """Inference streams when ``--streams`` is not given: one, with every core (why: the docstring of
+    ``edgepose.demo.pipeline``; measure with ``benchmarks/demo_pipeline.py --streams N``)."""
+    return 1
+
+
+def _cpu(runtime: str, device: str | None) -> bool:
+    return runtime in ("onnxruntime", "openvino") and device in (None, "cpu", "CPU")
 
 
 def load_estimator(
@@ -38,17 +52,61 @@ def load_estimator(
     runtime: str | None = None,
     device: str | None = None,
     threads: int | None = None,
+    streams: int = 1,
 ) -> Any:
-    """A ``PoseEstimator`` whose CPU runtime gets ``threads`` (default: ``inference_threads()``)."""
+    """A ``PoseEstimator`` whose CPU runtime gets ``threads`` (default: ``inference_threads()`` for
+    ``streams`` streams)."""
     from edgepose.bundle import load_bundle
     from edgepose.estimator import PoseEstimator
 
     b = load_bundle(bundle)
-    name = runtime or b.runtime
     options: dict[str, Any] = {}
-    if name in ("onnxruntime", "openvino") and (device in (None, "cpu", "CPU")):
-        options["threads"] = threads if threads is not None else inference_threads()
+    if _cpu(runtime or b.runtime, device):
+        options["threads"] = threads if threads is not None else inference_threads(streams=streams)
     return PoseEstimator(b, preset=preset, runtime=runtime, device=device, runtime_options=options)
+
+
+class InferStreams:
+    """One inference callable per stream: the estimator's own runtime, then one runtime per extra stream.
+
+    Each extra runtime is opened like the estimator's (same runtime, device and options, so the same
+    threads per stream) and run once, so no stream pays its first-inference cost on a frame. Separate
+    runtimes rather than one shared: OpenVINO's runtime serialises calls on its one infer request, and
+    with ONNX Runtime a shared 1-thread session measured no faster than two sessions. An estimator
+    without a bundle (a wrapper around one) is shared by its streams and must be thread-safe.
+    """
+
+    def __init__(self, estimator: Any, count: int) -> None:
+        from edgepose.estimator import open_runtime
+        from edgepose.runtimes.base import Runtime
+
+        if count < 1:
+            raise UsageError(f"streams must be 1 or more, not {count}")
+        self.calls: list[InferFn] = [estimator.infer]
+        self.runtimes: list[Any] = []
+        own, bundle = getattr(estimator, "runtime", None), getattr(estimator, "bundle", None)
+        try:
+            for _ in range(count - 1):
+                if not isinstance(own, Runtime) or bundle is None:
+                    self.calls.append(estimator.infer)
+                    continue
+                rt = open_runtime(bundle, own.name, own.device, **own.options)
+                self.runtimes.append(rt)
+                self.calls.append(self._call(rt, bundle.input_name))
+                w, h = bundle.input_size
+                self.calls[-1](np.zeros((1, 3, h, w), np.float32))
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _call(rt: Any, input_name: str) -> InferFn:
+        return lambda tensor: rt.infer({input_name: tensor})
+
+    def close(self) -> None:
+        for rt in self.runtimes:
+            rt.close()
+        self.runtimes = []
 
 
 def _catch_ctrl_c(flag: threading.Event, pipe: Pipeline) -> Callable[[], None]:
@@ -83,10 +141,18 @@ def run_demo(
     threads: int | None = None,
     log: Callable[[str], None] = print,
     estimator: Any = None,
+    streams: int | None = None,
 ) -> dict[str, Any]:
-    """Run the demo; returns a summary (frames, dropped, fps, stage medians in ms, outputs, interrupted)."""
+    """Run the demo; returns a summary (frames, dropped, fps, stage medians in ms, outputs, interrupted).
+
+    ``streams`` inference streams (default: ``default_streams()``) of ``threads`` threads each; with an
+    ``estimator`` given, the extra streams copy its runtime's options.
+    """
+    n_streams = streams if streams is not None else default_streams()
+    if n_streams < 1:
+        raise UsageError(f"streams must be 1 or more, not {n_streams}")
     src = open_source(source) if isinstance(source, str | Path | int) else source
-    video = json_sink = window = None
+    video = json_sink = window = infer = est = None
     try:
         if save is not None:
             video = VideoSink(save, src.fps)
@@ -97,17 +163,26 @@ def run_demo(
             if problem:
                 log(problem)
                 show = False
-        est = estimator if estimator is not None else load_estimator(bundle, preset, runtime, device, threads)
+        est = (
+            estimator
+            if estimator is not None
+            else load_estimator(bundle, preset, runtime, device, threads, n_streams)
+        )
+        infer = InferStreams(est, n_streams)
         if show:
             window = WindowSink()
     except BaseException:
         src.close()
+        if infer is not None:
+            infer.close()
+        if estimator is None and est is not None:
+            est.close()
         for sink in (video, json_sink):
             if sink is not None:
                 sink.abort()
         raise
 
-    pipe = Pipeline(est, src, max_frames=max_frames)
+    pipe = Pipeline(est, src, max_frames=max_frames, streams=infer.calls)
     ctrl_c = threading.Event()
     restore = _catch_ctrl_c(ctrl_c, pipe)
     rendered = 0
@@ -141,6 +216,7 @@ def run_demo(
         restore()
         if window is not None:
             window.close()
+        infer.close()
         if estimator is None:
             est.close()
     outputs = [
@@ -157,4 +233,6 @@ def run_demo(
         "outputs": outputs,
         "interrupted": ctrl_c.is_set(),
         "live": pipe.live,
+        "streams": len(pipe.streams),
+        "reordered": pipe.reordered,
     }
