@@ -3,8 +3,8 @@
 ONNX Runtime: Q/DQ vs QOperator, per-channel vs per-tensor weights, reduce_range (7-bit weights, for CPUs
 without VNNI), uint8 vs int8 activations, every default op type vs convolutions only. OpenVINO: NNCF
 ``performance`` vs ``mixed`` presets on the IR, and the ORT Q/DQ ONNX converted to an IR. Latency does
-not depend on the weights, so the model has random weights; the figures are inference only (the
-``inference`` stage of ``edgepose bench``), median of interleaved rounds on 2 threads.
+not depend on the weights, so the model has random weights; the figures are inference only, the median
+of round-robin rounds over one runtime's variants at a time (2 threads).
 
     python benchmarks/int8_variants.py                       # kapao-s at 640
     python benchmarks/int8_variants.py --model kapao-n --imgsz 384x320 --json variants.json
@@ -122,7 +122,12 @@ def main() -> None:
             )
             request = compiled.create_infer_request()
             runners[("openvino", label)] = lambda r=request: r.infer({0: x})
-        medians = _time_round_robin(runners, args.iters, args.warmup)
+        # One round-robin per runtime: ONNX Runtime's spinning worker threads and OpenVINO's pool would
+        # otherwise steal the cores from each other between alternating calls.
+        medians = {}
+        for runtime in ("onnxruntime", "openvino"):
+            mine = {k: v for k, v in runners.items() if k[0] == runtime}
+            medians.update(_time_round_robin(mine, args.iters, args.warmup))
 
     machine = machine_summary()
     cpu = machine["cpu"]

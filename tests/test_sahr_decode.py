@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgepose.decoders import sahr
 from edgepose.decoders import sahr_reference as ref
 from edgepose.decoders.sahr import (
     PRESETS,
@@ -312,3 +313,207 @@ def test_decoded_difference_is_zero_for_equal_outputs_and_sees_a_moved_peak():
     assert diff["decoded_max_px"] == pytest.approx(1.0)
     noisy = {k: v + np.float32(1e-7) for k, v in out.items()}
     assert decoded_difference(out, noisy, HEAD, params)["decoded_max_px"] == 0
+
+
+# --- the tiled kernels (the input-resolution map is resized a tile at a time) -----------------------------
+
+
+def _people_outputs(seed: int, people: int = 8, h: int = 48, w: int = 40, weak: float = 0.25) -> dict:
+    """Raw outputs shaped like a trained network's on people: a Gaussian (sigma 2 map px) at each keypoint
+    at stride 4 and 2, peak ~U(0.3, 0.9) or, for a ``weak`` share, ~U(0.005, 0.1) (under the thresholds:
+    refinement finds them, some in tiles no scan reached); person p's tag 1.5 p where its Gaussian is the
+    highest, a blocky random tag field elsewhere; |N(0, 0.004)| background."""
+    rng = np.random.default_rng(seed)
+    lo = np.abs(rng.normal(0, 0.004, (K, h, w)))
+    hi = np.abs(rng.normal(0, 0.004, (K, 2 * h, 2 * w)))
+    coarse = rng.normal(0, 3, (K, h // 6 + 1, w // 6 + 1))
+    tags = np.kron(coarse, np.ones((6, 6)))[:, :h, :w] + rng.normal(0, 0.05, (K, h, w))
+    for p in range(people):
+        cx, cy = rng.uniform(0, 4 * w), rng.uniform(0, 4 * h)  # input px
+        for j in range(K):
+            x, y = cx + rng.normal(0, 25), cy + rng.normal(0, 25)
+            peak = rng.uniform(0.005, 0.1) if rng.uniform() < weak else rng.uniform(0.3, 0.9)
+            for maps, s in ((lo, 4), (hi, 2)):
+                ys, xs = np.ogrid[0 : maps.shape[1], 0 : maps.shape[2]]
+                d2 = (xs - x / s + 0.5) ** 2 + (ys - y / s + 0.5) ** 2
+                g = peak * np.exp(-d2 / 8.0)
+                if s == 4:
+                    owner = (d2 <= 36) & (g >= maps[j])
+                    tags[j][owner] = 1.5 * p + rng.normal(0, 0.05, int(owner.sum()))
+                np.maximum(maps[j], g, out=maps[j])
+    return {NAMES[0]: lo[None], NAMES[1]: tags[None], NAMES[2]: hi[None]}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_numba_equals_the_reference_on_scenes_of_people(seed):
+    """Maps large enough for interior tiles everywhere, weak joints left to refinement, stray groups."""
+    out = {k: v.astype(np.float32) for k, v in _people_outputs(seed).items()}
+    meta = _meta(192, gain=0.75, pad=(0.0, 20.0), orig=(213, 229))
+    for preset in PRESETS.values():
+        for v in ({}, {"nms_kernel": 1}, {"nms_kernel": 7}, {"detection_threshold": 0.05}, {"refine": False}):
+            assert len(_both(out, meta, preset.replace(**v))) > 0
+
+
+def test_stale_buffers_from_earlier_frames_never_leak_into_a_decode():
+    """Tiles a frame leaves out keep whatever was there: NaN, huge values, another frame's maps."""
+    first = {k: v.astype(np.float32) for k, v in _people_outputs(7).items()}
+    second = {k: v.astype(np.float32) for k, v in _people_outputs(8).items()}
+    meta = _meta(192)
+    for preset in PRESETS.values():
+        for fill in (np.nan, 1e9, -1e9):
+            for buf in sahr._buffers(K, 48, 40, preset.project2image):
+                buf.fill(fill if buf.dtype.kind == "f" else 1)  # states say EXACT where nothing is
+            _both(first, meta, preset)
+        _both(second, meta, preset)
+        _both(first, meta, preset)
+
+
+def test_tile_resizes_equal_upsample2_bit_for_bit():
+    rng = np.random.default_rng(0)
+    rows = np.empty((8, 8), np.float32)
+    for h, w in ((7, 9), (12, 16)):
+        src = rng.normal(0, 1, (h, w)).astype(np.float32)
+        full = upsample2(src[None])[0]
+        for n in (4, 8):
+            for y0 in range(0, 2 * h, 2):
+                for x0 in range(0, 2 * w, 2):
+                    if sahr._inner(y0, n, h) and sahr._inner(x0, n, w):
+                        out = np.full((2 * h, 2 * w), np.nan, np.float32)
+                        sahr._up2_block(src, 0, 0, y0, x0, n, rows, out, 0, 0)
+                        np.testing.assert_array_equal(
+                            out[y0 : y0 + n, x0 : x0 + n], full[y0 : y0 + n, x0 : x0 + n]
+                        )
+        for y0, y1, x0, x1 in ((0, 3, 0, 5), (2 * h - 4, 2 * h, 2 * w - 3, 2 * w), (5, 9, 1, 2)):
+            out = np.full((y1 - y0, x1 - x0), np.nan, np.float32)
+            r0, c0 = max((y0 - 1) // 2, 0), max((x0 - 1) // 2, 0)  # a window of the source is enough
+            sahr._resize_rect(src[r0:, c0:], r0, c0, h, w, y0, y1, x0, x1, rows, out, y0, x0)
+            np.testing.assert_array_equal(out, full[y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tile_bounds_cover_every_input_resolution_tile(seed):
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(3, 14, 2))
+    for lo, hi in (
+        (rng.normal(0, 1, (2, h, w)), rng.normal(0, 1, (2, 2 * h, 2 * w))),
+        (rng.integers(-2, 3, (2, h, w)) / 4, rng.integers(-2, 3, (2, 2 * h, 2 * w)) / 4),
+        (np.full((2, h, w), -0.3), np.full((2, 2 * h, 2 * w), -0.3)),
+    ):
+        lo, hi = lo.astype(np.float32), hi.astype(np.float32)
+        half = np.empty((2 * h, 2 * w), np.float32)
+        ub = np.empty((-(-h // 2), -(-w // 2)), np.float32)
+        full = upsample2(ref.aggregate(lo, lo, hi, False)[0])
+        for j in range(2):
+            sahr._half_map(lo, hi, j, sahr._taps(h), np.empty((h, 2 * w), np.float32), half)
+            np.testing.assert_array_equal(half, ref.aggregate(lo, lo, hi, False)[0][j])
+            sahr._bounds(half, ub, np.empty(2 * w, np.float32), np.empty(ub.shape[1], np.float32))
+            for ty in range(ub.shape[0]):
+                for tx in range(ub.shape[1]):
+                    tile = full[j, 8 * ty : 8 * ty + 8, 8 * tx : 8 * tx + 8]
+                    assert tile.max() <= ub[ty, tx] <= tile.max() + 2.0 * np.abs(half).max() + 1e-6
+
+
+@pytest.mark.parametrize("project2image", [True, False])
+def test_tiles_left_out_by_the_scan_are_resized_exactly_later(project2image):
+    out = {k: v.astype(np.float32) for k, v in _people_outputs(3).items()}
+    lo, tag, hi = sahr.read_outputs(out, HEAD)
+    heat_ref, tag_ref = ref.aggregate(lo, tag, hi, project2image)
+    scratch, heat, ub, state, tags = sahr._buffers(K, 48, 40, project2image)
+    heat.fill(np.nan)
+    _, _, lz = sahr._parse_maps(lo, hi, project2image, heat, ub, state, scratch, 0.3, 2, 30)
+    tile = sahr.tile_size(project2image)
+    exact = np.repeat(np.repeat(state == sahr.EXACT, tile, 1), tile, 2)[:, : heat.shape[1], : heat.shape[2]]
+    np.testing.assert_array_equal(heat[exact], heat_ref[exact])
+    assert project2image == (not exact.all())  # at the input resolution most tiles are never resized
+    rows, hw, s2 = (np.empty((tile, tile), np.float32) for _ in range(3))
+    for j, ty, tx in zip(*np.nonzero(state != sahr.EXACT)):
+        sahr._ensure(lo, hi, heat, state, rows, hw, tile, j, ty, tx)
+    np.testing.assert_array_equal(heat, heat_ref)
+    for j in range(K):
+        tags.fill(np.nan)
+        for ty in range(ub.shape[1]):
+            for tx in range(ub.shape[2]):
+                sahr._tags_into(tag, j, project2image, tile, ty, tx, tags, rows, s2)
+        np.testing.assert_array_equal(tags, tag_ref[j])
+
+
+def test_the_unrolled_local_maximum_test_matches_a_brute_force_one():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        m = (rng.integers(0, 6, (24, 24)) / 5).astype(np.float32)
+        thr = float(rng.choice([0.0, 0.3, 0.7]))
+        flags = [bool(f) for f in rng.integers(0, 2, 4)]  # up, down, left, right
+        y0, x0 = 8 * int(rng.integers(1, 2)), 8
+        want = False
+        for y in range(y0, y0 + 8):
+            for x in range(x0, x0 + 8):
+                nbrs = [(y - 1, x, y == y0 and not flags[0]), (y + 1, x, y == y0 + 7 and not flags[1])]
+                nbrs += [(y, x - 1, x == x0 and not flags[2]), (y, x + 1, x == x0 + 7 and not flags[3])]
+                ok = all(skip or m[y, x] >= m[yy, xx] for yy, xx, skip in nbrs)
+                want |= bool(m[y, x] > thr and ok)
+        assert sahr._any_peak8(m, y0, x0, thr, *flags) == want
+
+
+def test_the_top_list_keeps_the_references_order_and_length():
+    rng = np.random.default_rng(0)
+    for cap in (1, 3, 30):
+        vals = (rng.integers(0, 5, 60) / 4).astype(np.float32)
+        idx = rng.permutation(60)
+        tv, ti = np.empty(cap, np.float32), np.empty(cap, np.int64)
+        n = 0
+        for i in idx:
+            n = sahr._top_insert(tv, ti, n, vals[i], i)
+        want = np.lexsort((np.arange(60), -vals))[:cap]
+        assert n == min(cap, 60) and np.array_equal(ti[:n], want) and np.array_equal(tv[:n], vals[want])
+
+
+def test_the_tile_order_groups_tiles_by_bound_highest_first():
+    rng = np.random.default_rng(0)
+    for lo_cut, hi_cut in ((0.2, np.inf), (-np.inf, 0.2), (-np.inf, np.inf)):
+        ub = (rng.integers(0, 9, (9, 7)) / 8).astype(np.float32)
+        ub[0, 0], ub[1, 1], ub[2, 2] = np.inf, -np.inf, 0.2
+        n = sahr.BUCKETS
+        order, starts, tops, bidx = (
+            np.empty(63, np.int64),
+            np.empty(n + 1, np.int64),
+            np.empty(n),
+            np.empty(63, np.int64),
+        )
+        below = sahr._tile_order(ub, lo_cut, hi_cut, order, starts, tops, bidx)
+        u = ub.ravel()
+        inside = (u >= lo_cut) & (u < hi_cut) | ((u >= lo_cut) & (hi_cut == np.inf))
+        listed = order[: starts[n]]
+        assert sorted(listed.tolist()) == np.flatnonzero(inside).tolist()
+        assert below == (u[u < lo_cut].max() if (u < lo_cut).any() else -np.inf)
+        previous = np.inf
+        for b in range(n):
+            members = u[order[starts[b] : starts[b + 1]]]
+            if members.size:
+                assert members.max() == tops[b] and members.max() <= previous
+                previous = members.min()
+
+
+def test_the_mapping_to_original_pixels_equals_to_poses():
+    rng = np.random.default_rng(0)
+    kps = np.concatenate([rng.uniform(-5, 140, (6, K, 2)), rng.uniform(0, 1, (6, K, 1))], axis=2)
+    kps[..., 2][rng.uniform(size=(6, K)) < 0.3] = 0.0
+    for scale, meta, clip in ((1, _meta(128, 0.7, (3.0, 11.5), (170, 150)), True), (2, _meta(256), False)):
+        params = PRESETS["accuracy"].replace(clip=clip)
+        want = sahr.to_poses(kps, np.ones(6), scale, meta, params, K)
+        (w, h), (px, py) = meta.original_size, meta.pad
+        keypoints, boxes = sahr._to_original(kps, scale, meta.gain, px, py, w, h, clip)
+        np.testing.assert_array_equal(keypoints, want.keypoints)
+        np.testing.assert_array_equal(boxes, want.boxes)
+
+
+def test_a_peak_whose_nms_window_reaches_a_tile_the_scan_left_out():
+    """A sharp peak 3 input px from a tile whose stride-2 sources are all 0 (its bound stays under the
+    threshold, so the scan never resizes it): the 7 x 7 window reads that tile, which must count as holding
+    nothing higher whatever stale values it has."""
+    heat, tags = _scene()
+    heat[0, 10, 10] = 1.0  # input px 20-21 (tile 2 of 8 px); tile 3 (px 24-31) blends stride-2 px 11-16
+    params = PRESETS["accuracy"].replace(nms_kernel=7)
+    for stale in (np.nan, 1e9):
+        for buf in sahr._buffers(K, 32, 32, True):
+            buf.fill(stale if buf.dtype.kind == "f" else 0)
+        assert len(_both(_outputs(heat, tags), _meta(128), params)) == 4  # a 2 x 2 plateau, 4 maxima

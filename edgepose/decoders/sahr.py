@@ -29,14 +29,20 @@ letterbox to original pixels, clipped to the image (``clip``). Poses keep the of
 order of the groups); keypoint scores are the heat, 0 where a joint is missing after refinement (its
 x, y are then the map's origin, as official). Boxes span the keypoints with a positive score.
 
-The CPU touches every pixel once (aggregation, with each tile's maximum on the way) and then only what
-can matter: candidates are searched in tiles whose maximum passes the threshold, and refinement, exact
-but pruned, visits tiles from the highest maximum down until none can beat (or tie) the best pixel found,
-skipping tiles whose tag range rules them out (the penalty is never negative and rint is monotone); tags
-are computed from the stride-4 map only for the tiles visited. Ties resolve to the lowest flat index, as
-``np.argmax``. These dense steps stay out of the graph: on ONNX Runtime (CPU) resize + average + max-pool
-+ top-k take ~4x the numba time (``benchmarks/decode_sahr.py --in-graph``), and refinement needs the
-whole maps at the parse resolution anyway, which are larger than the raw outputs.
+The CPU touches every stride-2 pixel once and then only what can matter. Each joint's averaged stride-2
+map is computed into a scratch map that stays in cache; at the input resolution (accuracy) it is cut into
+8-px tiles with an upper bound each (a resized pixel is a convex blend of its sources), and only the tiles
+whose bound passes the threshold are resized (with the unrolled constant weights of the 2x resize) and
+searched for NMS peaks, most of them dismissed by an unrolled "any local maximum?" test; top-k is a
+partial selection. Refinement is exact but pruned: each person's search starts from the best score among
+the joint's candidates, visits tiles by bound (a counting sort, highest first) until none can reach the
+best pixel found, skips tiles whose tag range rules them out (the penalty is never negative and rint is
+monotone), takes the heat maximum of tiles whose tags all lie within 0.5 of the person's mean (no
+penalty there), and computes tags, and resizes tiles the scan left out, only for the tiles it visits.
+Ties resolve to the lowest flat index, as ``np.argmax``. These dense steps stay out of the graph: on ONNX
+Runtime (CPU) resize + average + max-pool + top-k take ~4x the numba time (``benchmarks/decode_sahr.py
+--in-graph``), and refinement needs the whole maps at the parse resolution anyway, which are larger than
+the raw outputs. ``benchmarks/decode_sahr.py --stages`` times each step.
 
 Where this differs from the official code, deliberately: people are a list, not a dict keyed by their
 first tag value (the official code merges two new people whose first tags are bit-identical); tag means
@@ -253,14 +259,14 @@ def _taps(n):
 
 @njit(cache=True, nogil=True)
 def _hrow(a, out):
-    """One row resized 2x: ``out[o] = w0 * a[i0] + w1 * a[i1]`` with the constant weights of ``_tap``."""
+    """One row resized 2x: ``out[o] = w0 * a[i0] + w1 * a[i1]`` with the constant weights of ``_tap`` (both
+    outputs between two source pixels in one loop, which vectorises)."""
     w = a.shape[0]
     q, t = np.float32(0.25), np.float32(0.75)
     out[0] = np.float32(1.0) * a[0] + np.float32(0.0) * a[0]
     for m in range(1, w):
+        out[2 * m - 1] = t * a[m - 1] + q * a[m]
         out[2 * m] = q * a[m - 1] + t * a[m]
-    for m in range(w - 1):
-        out[2 * m + 1] = t * a[m] + q * a[m + 1]
     out[2 * w - 1] = t * a[w - 1] + q * a[w - 1]
 
 
@@ -387,11 +393,19 @@ def tag_at(t, j, y, x, project2image):
 # -- tiles of the parse map --------------------------------------------------------------------------------
 # The parse map is cut into tiles of 2 x 2 stride-4 pixels (4 px at stride 2, 8 px at the input resolution),
 # so that a tile's tags blend a 4 x 4 block of stride-4 tags at either resolution. Each tile has an upper
-# bound of its heat (``ub``, exact once the tile is in the buffer) and a flag saying whether it is (``done``).
-# At stride 2 the averaged map is computed densely and every tile is done; at the input resolution only the
-# stride-2 map is, and a tile is resized from it the first time a step needs it. The state travels as one
-# tuple ``lz = (half, heat, ub, done, yt, xt, rows)``: the stride-2 map, the parse map, the bounds and
-# flags, the parse map's resize taps (``_taps`` of each axis) and a scratch block.
+# bound of its heat (``ub``) and a state: EXACT once its heat is in the buffer. At stride 2 the averaged map
+# is computed densely, with exact tile maxima, and every tile is EXACT. At the input resolution each joint's
+# stride-2 map is computed into a scratch map that stays in cache, with the tile bounds, and the joint is
+# scanned at once: every tile whose bound passes the detection threshold is resized into the buffer, the
+# rest stay ABSENT (none of their pixels passes, so none can suppress a candidate in the max-pool NMS; the
+# peak tests skip them). A later step that reads an ABSENT tile (refinement, the quarter-pixel step)
+# recomputes the few stride-2 pixels it blends from the raw outputs. The steps after the scan get the maps
+# as one tuple ``lz = (lo, hi, heat, ub, state, rows, hw)``: the raw heatmaps, the parse map, the bounds
+# and states, and two scratch blocks; the kernels called per tile take the arrays one by one, and few
+# (handing a kernel a tuple of arrays costs about as much as resizing a tile).
+
+#: tile states
+ABSENT, EXACT = 0, 1
 
 
 def tile_size(project2image: bool) -> int:
@@ -399,133 +413,171 @@ def tile_size(project2image: bool) -> int:
     return 8 if project2image else 4
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _resize_rect(src, sr, sc, y0, y1, x0, x1, yt, xt, rows, out, orow, ocol):
-    """Pixels [y0, y1) x [x0, x1) of a 2x bilinear resize, with ``upsample2``'s float32 arithmetic (each
-    source row resized, then two rows blended), into ``out[y - orow, x - ocol]``. ``src[r - sr, c - sc]``
-    holds source pixel (r, c); yt, xt are the output axes' taps; ``rows`` is scratch. -> largest value."""
-    yi0, yi1, yw0, yw1 = yt
-    xi0, xi1, xw0, xw1 = xt
-    r0 = yi0[y0]
-    for r in range(r0, yi1[y1 - 1] + 1):
-        s, row = src[r - sr], rows[r - r0]
+@njit(cache=True, nogil=True)
+def _resize_rect(src, sr, sc, hs, ws, y0, y1, x0, x1, rows, out, orow, ocol):
+    """Pixels [y0, y1) x [x0, x1) of the 2x bilinear resize of an (hs, ws) map, with ``upsample2``'s float32
+    arithmetic (each source row resized, then two rows blended), into ``out[y - orow, x - ocol]``;
+    ``src[r - sr, c - sc]`` holds source pixel (r, c); ``rows`` is scratch. For tiles on the map's border
+    (``_up2_block`` does the others)."""
+    r0, r1 = _tap(y0, hs)[0], _tap(y1 - 1, hs)[1]
+    for r in range(r0, r1 + 1):
         for x in range(x0, x1):
-            row[x - x0] = xw0[x] * s[xi0[x] - sc] + xw1[x] * s[xi1[x] - sc]
-    top = -np.inf
+            a, b, p, q = _tap(x, ws)
+            rows[r - r0, x - x0] = p * src[r - sr, a - sc] + q * src[r - sr, b - sc]
     for y in range(y0, y1):
-        a, b, p, q, o = rows[yi0[y] - r0], rows[yi1[y] - r0], yw0[y], yw1[y], out[y - orow]
+        a, b, p, q = _tap(y, hs)
         for x in range(x0, x1):
-            v = p * a[x - x0] + q * b[x - x0]
-            o[x - ocol] = v
-            top = max(top, v)
-    return top
+            out[y - orow, x - ocol] = p * rows[a - r0, x - x0] + q * rows[b - r0, x - x0]
 
 
 @njit(cache=True, nogil=True)
-def _up2_inner(src, y0, y1, x0, x1, rows, out):
-    """``_resize_rect`` for a rectangle away from the borders (even corners, source pixels m - 1 .. m + 1
-    exist for every output pair 2m, 2m + 1): the same float32 products, with the constant weights unrolled."""
+def _inner(y0, n, hs):
+    """An n-pixel run of a 2x resize starting at even y0 blends only source pixels 0 < m - 1 .. m + 1 < hs:
+    ``_up2_block`` applies (it is away from the source map's border)."""
+    return y0 >= 2 and y0 + n <= 2 * hs - 2
+
+
+@njit(cache=True, nogil=True)
+def _up2_block(src, sr, sc, y0, x0, n, rows, out, orow, ocol):
+    """``_resize_rect`` of an n x n block at even (y0, x0) away from the source map's border (``_inner``):
+    the same float32 products, the constant weights of output pair 2m, 2m + 1 written out."""
     q, t = np.float32(0.25), np.float32(0.75)
-    r0, cx = y0 // 2 - 1, x0 // 2
-    for r in range(r0, (y1 - 1) // 2 + 2):
-        s, row = src[r], rows[r - r0]
-        for i in range((x1 - x0) // 2):
-            m = cx + i
-            row[2 * i] = q * s[m - 1] + t * s[m]
-            row[2 * i + 1] = t * s[m] + q * s[m + 1]
-    top = -np.inf
-    for i in range((y1 - y0) // 2):
-        a, b, c = rows[i], rows[i + 1], rows[i + 2]
-        o, o2 = out[y0 + 2 * i], out[y0 + 2 * i + 1]
-        for x in range(x1 - x0):
-            v, v2 = q * a[x] + t * b[x], t * b[x] + q * c[x]
-            o[x0 + x], o2[x0 + x] = v, v2
-            top = max(top, v, v2)
-    return top
+    r0, c0 = y0 // 2 - 1 - sr, x0 // 2 - sc
+    for r in range(n // 2 + 2):
+        for i in range(n // 2):
+            m = c0 + i
+            rows[r, 2 * i] = q * src[r0 + r, m - 1] + t * src[r0 + r, m]
+            rows[r, 2 * i + 1] = t * src[r0 + r, m] + q * src[r0 + r, m + 1]
+    for i in range(n // 2):
+        y = y0 + 2 * i - orow
+        for x in range(n):
+            out[y, x0 - ocol + x] = q * rows[i, x] + t * rows[i + 1, x]
+            out[y + 1, x0 - ocol + x] = t * rows[i + 1, x] + q * rows[i + 2, x]
 
 
 @njit(cache=True, nogil=True)
-def _ensure(lz, tile, j, ty, tx):
-    """Tile (ty, tx) of joint j's parse map into the buffer (resized from the stride-2 map), bound exact.
-    Callers test ``done`` first: passing the state costs more than a tile that is already there."""
-    half, heat, ub, done, yt, xt, rows = lz
-    h, w = heat.shape[1], heat.shape[2]
-    y0, x0 = ty * tile, tx * tile
-    y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-    if y0 >= 2 and x0 >= 2 and y1 <= h - 2 and x1 <= w - 2:
-        ub[j, ty, tx] = _up2_inner(half[j], y0, y1, x0, x1, rows, heat[j])
-    else:
-        ub[j, ty, tx] = _resize_rect(half[j], 0, 0, y0, y1, x0, x1, yt, xt, rows, heat[j], 0, 0)
-    done[j, ty, tx] = True
+def _hrow_at(a, c):
+    """Pixel c of ``_hrow(a)``."""
+    w, m = a.shape[0], c // 2
+    if c == 0:
+        return np.float32(1.0) * a[0] + np.float32(0.0) * a[0]
+    if c % 2 == 0:
+        return np.float32(0.25) * a[m - 1] + np.float32(0.75) * a[m]
+    return np.float32(0.75) * a[m] + np.float32(0.25) * a[min(m + 1, w - 1)]
 
 
 @njit(cache=True, nogil=True)
-def _half_into(lo, hi, half, ub):
-    """The averaged stride-2 heatmaps into ``half`` (``aggregate``'s arithmetic) and an upper bound of each
-    input-resolution tile (8 px) into ``ub``: the tile resizes stride-2 pixels [4t - 1, 4t + 4] on each axis,
-    its values are convex blends of them, and the largest is widened by a few float32 roundings."""
-    k, h, w = lo.shape
+def _ensure(lo, hi, heat, state, rows, hw, tile, j, ty, tx):
+    """An ABSENT tile (ty, tx) of joint j into the buffer after the scan (its stride-2 map is gone): the
+    stride-2 pixels it blends are recomputed from the raw outputs into ``hw`` (``_half_map``'s arithmetic),
+    then resized."""
+    h, w = lo.shape[1], lo.shape[2]
     h2, w2 = 2 * h, 2 * w
-    th, tw = ub.shape[1], ub.shape[2]
-    y0, y1, wy0, wy1 = _taps(h)
-    rows = np.empty((h, w2), np.float32)
-    acc = np.empty(w2, np.float32)
-    two = np.float32(2.0)
-    for j in range(k):
-        for r in range(h):
-            _hrow(lo[j, r], rows[r])
-        m = half[j]
-        for oy in range(h2):
-            a, b, p, q, g, o = rows[y0[oy]], rows[y1[oy]], wy0[oy], wy1[oy], hi[j, oy], m[oy]
-            for x in range(w2):
-                o[x] = (p * a[x] + q * b[x] + g[x]) / two
-        for ty in range(th):
-            r0 = max(4 * ty - 1, 0)
-            acc[:] = m[r0]
-            for r in range(r0 + 1, min(4 * ty + 5, h2)):
-                _fold_max(acc, m[r])
-            for tx in range(tw):
-                c0 = max(4 * tx - 1, 0)
-                top = acc[c0]
-                for x in range(c0 + 1, min(4 * tx + 5, w2)):
-                    top = max(top, acc[x])
-                ub[j, ty, tx] = top + np.float32(1e-6) * abs(top) + np.float32(1e-30)
+    y0, x0 = ty * tile, tx * tile
+    y1, x1 = min(y0 + tile, 2 * h2), min(x0 + tile, 2 * w2)
+    r0, c0 = _tap(y0, h2)[0], _tap(x0, w2)[0]
+    for r in range(r0, _tap(y1 - 1, h2)[1] + 1):
+        ya, yb, p, q = _tap(r, h)
+        for c in range(c0, _tap(x1 - 1, w2)[1] + 1):
+            a, b = _hrow_at(lo[j, ya], c), _hrow_at(lo[j, yb], c)
+            hw[r - r0, c - c0] = (p * a + q * b + hi[j, r, c]) / np.float32(2.0)
+    if y1 - y0 == tile and x1 - x0 == tile and _inner(y0, tile, h2) and _inner(x0, tile, w2):
+        _up2_block(hw, r0, c0, y0, x0, tile, rows, heat[j], 0, 0)
+    else:
+        _resize_rect(hw, r0, c0, h2, w2, y0, y1, x0, x1, rows, heat[j], 0, 0)
+    state[j, ty, tx] = EXACT
 
 
 @njit(cache=True, nogil=True)
-def _tags_into(tag_lo, j, full, tile, ty, tx, tg, yt, xt, t2, rows, s2):
-    """Joint j's aggregated tags over tile (ty, tx) of the parse map into ``tg`` (its tag map): resized from
-    the stride-4 tags once (stride 2, taps ``t2``) or twice (the input resolution, through ``s2``)."""
-    h, w = tg.shape
+def _half_map(lo, hi, j, taps, rows, out):
+    """Joint j's averaged stride-2 heatmap into ``out`` (2h, 2w), with ``aggregate``'s float32 arithmetic
+    (``taps``: ``_taps(h)``; ``rows``: (h, 2w) scratch)."""
+    h = lo.shape[1]
+    y0, y1, wy0, wy1 = taps
+    for r in range(h):
+        _hrow(lo[j, r], rows[r])
+    two = np.float32(2.0)
+    for oy in range(2 * h):
+        a, b, p, q, g, o = rows[y0[oy]], rows[y1[oy]], wy0[oy], wy1[oy], hi[j, oy], out[oy]
+        for x in range(o.shape[0]):
+            o[x] = (p * a[x] + q * b[x] + g[x]) / two
+
+
+@njit(cache=True, nogil=True)
+def _bounds(m, ub, acc, blk):
+    """Upper bounds of the input-resolution tiles (8 px) resized from the stride-2 map ``m`` into ``ub``
+    (th, tw): a tile blends stride-2 pixels [4t - 1, 4t + 4] on each axis, its values are convex blends of
+    them, and their maximum is widened by a few float32 roundings. Rows are folded first (vectorised),
+    then each tile's 4 columns and the one on either side."""
+    h2, w2 = m.shape
+    for ty in range(ub.shape[0]):
+        r0 = max(4 * ty - 1, 0)
+        for x in range(w2):
+            acc[x] = m[r0, x]
+        for r in range(r0 + 1, min(4 * ty + 5, h2)):
+            for x in range(w2):
+                a, b = acc[x], m[r, x]
+                acc[x] = b if b > a else a
+        for t in range(ub.shape[1]):
+            a0, a1 = acc[4 * t], acc[min(4 * t + 1, w2 - 1)]
+            a2, a3 = acc[min(4 * t + 2, w2 - 1)], acc[min(4 * t + 3, w2 - 1)]
+            b0, b1 = (a0 if a0 > a1 else a1), (a2 if a2 > a3 else a3)
+            blk[t] = b0 if b0 > b1 else b1
+        for t in range(ub.shape[1]):
+            top, a, b = blk[t], acc[max(4 * t - 1, 0)], acc[min(4 * t + 4, w2 - 1)]
+            top = a if a > top else top
+            top = b if b > top else top
+            ub[ty, t] = top + np.float32(1e-6) * abs(top) + np.float32(1e-30)
+
+
+@njit(cache=True, nogil=True)
+def _tags_into(tag_lo, j, full, tile, ty, tx, tg, rows, s2):
+    """Joint j's aggregated tags over tile (ty, tx) of the parse map into ``tg`` (its tag map): the stride-4
+    tags resized once (stride 2) or twice (the input resolution, through the stride-2 block ``s2``)."""
+    _, h, w = tag_lo.shape
+    t = tag_lo[j]
+    if not full:
+        h2, w2 = 2 * h, 2 * w
+        y0, x0 = ty * tile, tx * tile
+        y1, x1 = min(y0 + tile, h2), min(x0 + tile, w2)
+        if y1 - y0 == tile and x1 - x0 == tile and _inner(y0, tile, h) and _inner(x0, tile, w):
+            _up2_block(t, 0, 0, y0, x0, tile, rows, tg, 0, 0)
+        else:
+            _resize_rect(t, 0, 0, h, w, y0, y1, x0, x1, rows, tg, 0, 0)
+        return
+    h2, w2 = 2 * h, 2 * w
     y0, x0 = ty * tile, tx * tile
-    y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-    if full:
-        ry0, ry1 = yt[0][y0], yt[1][y1 - 1] + 1
-        rx0, rx1 = xt[0][x0], xt[1][x1 - 1] + 1
-        _resize_rect(tag_lo[j], 0, 0, ry0, ry1, rx0, rx1, t2[0], t2[1], rows, s2, ry0, rx0)
-        _resize_rect(s2, ry0, rx0, y0, y1, x0, x1, yt, xt, rows, tg, 0, 0)
+    y1, x1 = min(y0 + tile, 2 * h2), min(x0 + tile, 2 * w2)
+    sy, sx = y0 // 2 - 2, x0 // 2 - 2  # s2 holds stride-2 pixels [sy, sy + tile) x [sx, sx + tile)
+    if y1 - y0 == tile and x1 - x0 == tile and _inner(sy, tile, h) and _inner(sx, tile, w):
+        _up2_block(t, 0, 0, sy, sx, tile, rows, s2, sy, sx)
+        _up2_block(s2, sy, sx, y0, x0, tile, rows, tg, 0, 0)
     else:
-        _resize_rect(tag_lo[j], 0, 0, y0, y1, x0, x1, yt, xt, rows, tg, 0, 0)
+        ry0, ry1 = _tap(y0, h2)[0], _tap(y1 - 1, h2)[1] + 1
+        rx0, rx1 = _tap(x0, w2)[0], _tap(x1 - 1, w2)[1] + 1
+        _resize_rect(t, 0, 0, h, w, ry0, ry1, rx0, rx1, rows, s2, ry0, rx0)
+        _resize_rect(s2, ry0, rx0, h2, w2, y0, y1, x0, x1, rows, tg, 0, 0)
 
 
 # -- candidates --------------------------------------------------------------------------------------------
 
 
 @njit(cache=True, nogil=True)
-def _is_peak(m, y, x, radius):
-    """``m[y, x]`` is the maximum of its window (the max-pool NMS); the 8 neighbours first, as almost
-    every pixel that is not a peak has a higher one among them."""
+def _is_peak(m, state, tile, y, x, radius):
+    """``m[y, x]`` is the maximum of its window (the max-pool NMS) among the tiles in the buffer (``state``
+    of this joint's tiles; the others cannot hold a higher pixel); the 8 neighbours first, as almost every
+    pixel that is not a peak has a higher one among them."""
     h, w = m.shape
     v = m[y, x]
     y0, y1 = max(y - radius, 0), min(y + radius + 1, h)
     x0, x1 = max(x - radius, 0), min(x + radius + 1, w)
     for yy in range(max(y - 1, y0), min(y + 2, y1)):
         for xx in range(max(x - 1, x0), min(x + 2, x1)):
-            if m[yy, xx] > v:
+            if m[yy, xx] > v and state[yy // tile, xx // tile] == EXACT:
                 return False
     for yy in range(y0, y1):
         for xx in range(x0, x1):
-            if m[yy, xx] > v:
+            if m[yy, xx] > v and state[yy // tile, xx // tile] == EXACT:
                 return False
     return True
 
@@ -546,23 +598,64 @@ def _top_insert(tv, ti, n, v, i):
 
 
 @njit(cache=True, nogil=True)
-def _peaks_in(m, ty, tx, tile, thr, radius, tv, ti, n):
-    """Max-pool NMS peaks above ``thr`` in tile (ty, tx) into the top list. A pixel goes to the window test
-    only when none of its four neighbours is higher and it could enter the list (a partial selection).
-    -> new n."""
+def _any_peak8(m, y0, x0, thr, up, down, left, right):
+    """Whether an 8 x 8 tile away from the map's border has a pixel above ``thr`` that none of its four
+    neighbours exceeds (flags: the neighbour tile counts). Branch-free with constant sizes, so it unrolls
+    and vectorises; a neighbour tile that does not count is read but ignored."""
+    hit = False
+    for i in range(8):
+        y = y0 + i
+        for k in range(8):
+            x = x0 + k
+            v = m[y, x]
+            a = (v >= m[y - 1, x]) | (i == 0 and not up)
+            b = (v >= m[y + 1, x]) | (i == 7 and not down)
+            c = (v >= m[y, x - 1]) | (k == 0 and not left)
+            d = (v >= m[y, x + 1]) | (k == 7 and not right)
+            hit |= (v > thr) & a & b & c & d
+    return hit
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _peaks_in(m, state, ty, tx, tile, thr, radius, tv, ti, n):
+    """Max-pool NMS peaks above ``thr`` in tile (ty, tx) into the top list. Most tiles have no pixel above
+    ``thr`` that none of its four neighbours exceeds (``_any_peak8`` says so fast for 8-px tiles); else, per
+    row of up to 64 pixels, a branch-free pass marks those pixels (a neighbour outside the map, or in a tile
+    not in the buffer, reads as the pixel itself), and only those go to the window test, and only when they
+    could enter the list (a partial selection). -> new n."""
     h, w = m.shape
+    th, tw = state.shape
     cap = tv.shape[0]
-    for y in range(ty * tile, min(ty * tile + tile, h)):
-        row, up, down = m[y], m[max(y - 1, 0)], m[min(y + 1, h - 1)]
-        for x in range(tx * tile, min(tx * tile + tile, w)):
-            v = row[x]
-            if not v > thr:
+    y0, y1 = ty * tile, min(ty * tile + tile, h)
+    x0, x1 = tx * tile, min(tx * tile + tile, w)
+    up = ty > 0 and state[ty - 1, tx] == EXACT
+    down = ty < th - 1 and state[ty + 1, tx] == EXACT
+    left = tx > 0 and state[ty, tx - 1] == EXACT
+    right = tx < tw - 1 and state[ty, tx + 1] == EXACT
+    inner = tile == 8 and 0 < ty < th - 1 and 0 < tx < tw - 1 and radius > 0
+    if inner and not _any_peak8(m, y0, x0, thr, up, down, left, right):
+        return n
+    for y in range(y0, y1):
+        ya = y - 1 if y > y0 or up else y
+        yb = y + 1 if y < y1 - 1 or down else y
+        for c0 in range(x0, x1, 64):
+            c1 = min(c0 + 64, x1)
+            bits = np.int64(0)
+            for x in range(c0, c1):
+                v = m[y, x]
+                ok = v > thr
+                if radius > 0:
+                    xl = x - 1 if x > x0 or left else x
+                    xr = x + 1 if x < x1 - 1 or right else x
+                    ok &= (v >= m[ya, x]) & (v >= m[yb, x]) & (v >= m[y, xl]) & (v >= m[y, xr])
+                bits |= np.int64(ok) << (x - c0)
+            if bits == 0:
                 continue
-            higher = up[x] > v or down[x] > v or row[max(x - 1, 0)] > v or row[min(x + 1, w - 1)] > v
-            if higher and radius > 0:
-                continue
-            if (n < cap or v >= tv[cap - 1]) and _is_peak(m, y, x, radius):
-                n = _top_insert(tv, ti, n, v, y * w + x)
+            for x in range(c0, c1):
+                if (bits >> (x - c0)) & 1:
+                    v = m[y, x]
+                    if (n < cap or v >= tv[cap - 1]) and _is_peak(m, state, tile, y, x, radius):
+                        n = _top_insert(tv, ti, n, v, y * w + x)
     return n
 
 
@@ -574,43 +667,73 @@ def _scan(heat, tilemax, thr, radius, topk, tile):
     count = np.zeros(k, np.int64)
     top = np.zeros((k, topk), np.int64)
     tv = np.empty(topk, np.float32)
+    state = np.full(tilemax.shape[1:], EXACT, np.uint8)
     for j in range(k):
         n = 0
         for ty in range(tilemax.shape[1]):
             for tx in range(tilemax.shape[2]):
                 if tilemax[j, ty, tx] > thr:
-                    n = _peaks_in(heat[j], ty, tx, tile, thr, radius, tv, top[j], n)
+                    n = _peaks_in(heat[j], state, ty, tx, tile, thr, radius, tv, top[j], n)
         count[j] = n
     return count, top
 
 
 @njit(cache=True, nogil=True)
-def _scan_tiles(lz, tile, thr, radius, topk):
-    """``_scan`` over the tiled parse map: a tile whose bound passes is brought in, and when its exact
-    maximum passes too, so are the tiles its pixels' NMS windows (and quarter-pixel steps) reach."""
-    half, heat, ub, done, yt, xt, rows = lz
-    k, th, tw = ub.shape
+def _scan_joint(j, src, heat, ub, state, tile, thr, radius, rows, tv, ti):
+    """Joint j's candidates (``_scan``) on the tiled parse map: each tile whose bound passes is brought in
+    from ``src`` (the joint's stride-2 map), with its neighbours whose bound passes, and searched. -> n.
+    (Hot calls take few arrays: passing many arrays to a kernel costs more than an 8 x 8 resize.)"""
+    th, tw = ub.shape[1], ub.shape[2]
+    h, w = heat.shape[1], heat.shape[2]
+    h2, w2 = src.shape
+    m, u, st = heat[j], ub[j], state[j]
     reach = max((radius + tile - 1) // tile, 1)
+    n = 0
+    for ty in range(th):
+        for tx in range(tw):
+            if not u[ty, tx] > thr:
+                continue
+            for ny in range(max(ty - reach, 0), min(ty + reach + 1, th)):
+                for nx in range(max(tx - reach, 0), min(tx + reach + 1, tw)):
+                    if st[ny, nx] == EXACT or not u[ny, nx] > thr:
+                        continue
+                    y0, x0 = ny * tile, nx * tile
+                    y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                    if y1 - y0 == tile and x1 - x0 == tile and _inner(y0, tile, h2) and _inner(x0, tile, w2):
+                        _up2_block(src, 0, 0, y0, x0, tile, rows, m, 0, 0)
+                    else:
+                        _resize_rect(src, 0, 0, h2, w2, y0, y1, x0, x1, rows, m, 0, 0)
+                    st[ny, nx] = EXACT
+            n = _peaks_in(m, st, ty, tx, tile, thr, radius, tv, ti, n)
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _parse_maps(lo, hi, full, heat, ub, state, scratch, thr, radius, topk):
+    """The dense step and the candidates: at stride 2 the averaged map with exact tile maxima, then the
+    scan; at the input resolution joint by joint the stride-2 map into ``scratch``, the tile bounds and the
+    scan. -> (count (K,), top (K, topk), lz: the maps the later steps read)."""
+    k, h, w = lo.shape
+    tile = 8 if full else 4
     count = np.zeros(k, np.int64)
     top = np.zeros((k, topk), np.int64)
     tv = np.empty(topk, np.float32)
-    for j in range(k):
-        n = 0
-        for ty in range(th):
-            for tx in range(tw):
-                if not ub[j, ty, tx] > thr:
-                    continue
-                if not done[j, ty, tx]:
-                    _ensure(lz, tile, j, ty, tx)
-                if not ub[j, ty, tx] > thr:
-                    continue
-                for ny in range(max(ty - reach, 0), min(ty + reach + 1, th)):
-                    for nx in range(max(tx - reach, 0), min(tx + reach + 1, tw)):
-                        if not done[j, ny, nx]:
-                            _ensure(lz, tile, j, ny, nx)
-                n = _peaks_in(heat[j], ty, tx, tile, thr, radius, tv, top[j], n)
-        count[j] = n
-    return count, top
+    rows = np.empty((tile, tile), np.float32)
+    if full:
+        state[:] = ABSENT
+        hy = _taps(h)
+        lo_rows = np.empty((h, 2 * w), np.float32)
+        acc, blk = np.empty(2 * w, np.float32), np.empty(ub.shape[2], np.float32)
+        for j in range(k):
+            _half_map(lo, hi, j, hy, lo_rows, scratch)
+            _bounds(scratch, ub[j], acc, blk)
+            count[j] = _scan_joint(j, scratch, heat, ub, state, tile, thr, radius, rows, tv, top[j])
+    else:
+        _heat_into(lo, hi, False, tile, heat, ub)
+        state[:] = EXACT
+        for j in range(k):
+            count[j] = _scan_joint(j, heat[j], heat, ub, state, tile, thr, radius, rows, tv, top[j])
+    return count, top, (lo, hi, heat, ub, state, rows, np.empty((tile, tile), np.float32))
 
 
 # -- optimal assignment ------------------------------------------------------------------------------------
@@ -699,8 +822,9 @@ def assign(cost):
 
 
 @njit(cache=True, nogil=True)
-def _group(heat, tag_lo, full, count, top, order, max_people, tag_thr, use_val, ignore_too_much):
-    """Official ``match_by_tag``. -> joints (P, K, 4): x, y (map pixels), heat, tag; P people."""
+def _group(heat, tag_lo, full, count, top, order, max_people, tag_thr, use_val, ignore_too_much, cand_tag):
+    """Official ``match_by_tag``. -> joints (P, K, 4): x, y (map pixels), heat, tag; P people. Every
+    candidate's tag goes to ``cand_tag`` (K, topk) on the way (refinement reads them)."""
     k, _, w = heat.shape
     cap = k * top.shape[1]
     joints = np.zeros((cap, k, 4))
@@ -718,7 +842,7 @@ def _group(heat, tag_lo, full, count, top, order, max_people, tag_thr, use_val, 
         tags = np.empty(n)
         for r in range(n):
             vals[r] = heat[j, ys[r], xs[r]]
-            tags[r] = tag_at(tag_lo, j, ys[r], xs[r], full)
+            tags[r] = cand_tag[j, r] = tag_at(tag_lo, j, ys[r], xs[r], full)
         if p == 0:
             col4row = np.full(n, -1, np.int64)
             dist = np.zeros((n, 1))
@@ -757,42 +881,49 @@ def _quarter(m, x, y):
     return x + 0.5 + dx, y + 0.5 + dy
 
 
-#: refinement visits a joint's tiles by their bound, in this many buckets (a counting sort), highest first
-BUCKETS = 128
+#: refinement visits a joint's tiles by bound, in this many buckets (a counting sort), highest first
+BUCKETS = 64
 
 
 @njit(cache=True, nogil=True)
-def _tile_order(ub, order, starts, tops):
-    """Joint j's tiles (flat indices into ``ub`` (th, tw)) grouped by bound into BUCKETS equal value ranges,
-    highest first: bucket b holds ``order[starts[b]:starts[b + 1]]`` and its largest bound is ``tops[b]``."""
+def _tile_order(ub, lo_cut, hi_cut, order, starts, tops, bidx):
+    """One joint's tiles with a bound in [lo_cut, hi_cut) (flat indices into ``ub`` (th, tw); hi_cut = inf:
+    no upper limit), grouped by bound into BUCKETS equal value ranges, highest first: bucket b holds
+    ``order[starts[b]:starts[b + 1]]`` and its largest bound is ``tops[b]``. A counting sort over the tiles
+    in range, listed first in ``bidx``. -> the largest bound below ``lo_cut``."""
     u = ub.ravel()
-    lo, hi = np.inf, -np.inf
-    for v in u:
-        lo = min(lo, v)
-        hi = max(hi, v)
-    scale = (BUCKETS - 1) / (hi - lo) if hi - lo > 0 else 0.0
+    hi_cut = np.nan if hi_cut == np.inf else hi_cut  # not v >= nan: every v passes
+    lo, hi, below, n = np.inf, -np.inf, -np.inf, 0
+    for i in range(u.shape[0]):
+        v = u[i]
+        if v >= lo_cut and not v >= hi_cut:
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+            bidx[n] = i
+            n += 1
+        elif v < lo_cut:
+            below = v if v > below else below
+    scale = (BUCKETS - 1) / (hi - lo) if hi > lo else 0.0
     starts[:] = 0
     tops[:] = -np.inf
-    for i in range(u.shape[0]):
-        b = _bucket(u[i], lo, scale)
+    for k in range(n):
+        v = u[bidx[k]]
+        f = (BUCKETS - 1) - (v - lo) * scale
+        b = min(int(f), BUCKETS - 1) if f > 0 else 0
         starts[b + 1] += 1
-        tops[b] = max(tops[b], u[i])
+        tops[b] = max(tops[b], v)
     for b in range(BUCKETS):
         starts[b + 1] += starts[b]
-    fill = starts[:BUCKETS].copy()
-    for i in range(u.shape[0]):
-        b = _bucket(u[i], lo, scale)
-        order[fill[b]] = i
-        fill[b] += 1
-
-
-@njit(cache=True, nogil=True)
-def _bucket(v, lo, scale):
-    """Bucket of bound v, highest values first (0); anything not finite lands in a valid bucket."""
-    f = (BUCKETS - 1) - (v - lo) * scale
-    if not f > 0:
-        return 0
-    return min(int(f), BUCKETS - 1)
+    for k in range(n):
+        v = u[bidx[k]]
+        f = (BUCKETS - 1) - (v - lo) * scale
+        b = min(int(f), BUCKETS - 1) if f > 0 else 0
+        order[starts[b]] = bidx[k]
+        starts[b] += 1
+    for b in range(BUCKETS, 0, -1):
+        starts[b] = starts[b - 1]
+    starts[0] = 0
+    return below
 
 
 @njit(cache=True, nogil=True)
@@ -842,71 +973,77 @@ def _first_max(m, y0, y1, x0, x1):
 
 
 @njit(cache=True, nogil=True)
-def _best_pixel(lz, tile, j, prev, floor, tag_lo, full, tg, t2, s2, ranges, rstamp, tstamp, stamp, order,
-                starts, tops, defer):  # fmt: skip
+def _best_pixel(lz, tile, j, prev, floor, tag_lo, full, tg, search, stamp, cut):
     """argmax of ``heat - rint(|tag - prev|)`` over joint j's map (lowest flat index on ties), exact, given
     ``floor``, the score of some pixel (a lower bound of the answer).
 
-    Tiles are visited by bound, highest bucket first (``_tile_order``), until no bucket can reach ``floor``,
-    which rises with every better pixel found. A tile whose bound minus the smallest penalty its tag range
-    allows (the penalty is never negative, and rint is monotone) is below ``floor`` is skipped. A tile whose
-    tags all lie within 0.5 of ``prev`` has no penalty anywhere: its best pixel is its heat maximum, found
-    without tags. A tile that may have no penalty is scored at once; one with a penalty is deferred until
-    the visit ends and ``floor`` is high. Tag ranges (``ranges``, valid where ``rstamp`` == stamp) and tag
-    tiles (in ``tg``, valid where ``tstamp`` == stamp) are shared by every person's search for this joint."""
-    half, heat, ub, done, yt, xt, rows = lz
+    Tiles are visited highest bound first (``_tile_order``), until none can reach ``floor``, which rises
+    with every better pixel found: first those with a bound >= ``cut``, then, if the largest bound below it
+    can still reach ``floor``, the others (ordered by the first search that needs them). A tile whose bound
+    minus the smallest penalty its tag range allows (the penalty is never negative, and rint is monotone)
+    is below ``floor`` is skipped. A tile whose tags all lie within 0.5 of ``prev`` has no penalty anywhere:
+    its best pixel is its heat maximum, found without tags. A tile that may have no penalty is scored at
+    once; one with a penalty is deferred until the visit ends and ``floor`` is high. ``search`` holds the
+    joint's two orders (``tail[0]``: the largest bound below the cut; ``tail[1]``: whether the second order
+    is there), its tag ranges (valid where ``rstamp`` == stamp) and scratch; the tag ranges and the tag
+    tiles in ``tg`` (valid where ``tstamp`` == stamp) are shared by every person's search for this joint."""
+    lo, hi, heat, ub, state, rows, hw = lz
+    first, second, tail, bidx, ranges, rstamp, tstamp, defer, s2 = search
     m, u = heat[j], ub[j]
     h, w = m.shape
     tw = u.shape[1]
-    best, best_idx = -np.inf, -1
-    nd = 0
-    for b in range(BUCKETS):
-        if starts[b + 1] == starts[b]:
-            continue
-        if tops[b] < floor:
-            break
-        for t in order[starts[b] : starts[b + 1]]:
-            ty, tx = t // tw, t % tw
-            if u[ty, tx] < floor:
+    best, best_idx, nd = -np.inf, -1, 0
+    for phase in range(2):
+        if phase == 1:
+            if tail[0] < floor:
+                break
+            if tail[1] == 0:
+                _tile_order(u, -np.inf, cut, second[0], second[1], second[2], bidx)
+                tail[1] = 1
+        order, starts, tops = first if phase == 0 else second
+        for b in range(BUCKETS):
+            if starts[b + 1] == starts[b]:
                 continue
-            if rstamp[ty, tx] != stamp:
-                ranges[ty, tx, 0], ranges[ty, tx, 1] = _tag_range(tag_lo, j, ty, tx)
-                rstamp[ty, tx] = stamp
-            lo_d, hi_d = ranges[ty, tx, 0] - prev, ranges[ty, tx, 1] - prev
-            penalty = np.rint(max(lo_d, -hi_d, 0.0))
-            if u[ty, tx] - penalty < floor:
-                continue
-            if penalty > 0:
-                defer[nd] = t
-                nd += 1
-                continue
-            if not done[j, ty, tx]:
-                _ensure(lz, tile, j, ty, tx)
+            if tops[b] < floor:
+                break
+            for t in order[starts[b] : starts[b + 1]]:
+                ty, tx = t // tw, t % tw
                 if u[ty, tx] < floor:
                     continue
-            y0, x0 = ty * tile, tx * tile
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            if lo_d > -0.5 and hi_d < 0.5:  # no pixel of the tile pays a penalty
-                top, i = _first_max(m, y0, y1, x0, x1)
-            else:
-                if tstamp[ty, tx] != stamp:
-                    _tags_into(tag_lo, j, full, tile, ty, tx, tg, yt, xt, t2, rows, s2)
-                    tstamp[ty, tx] = stamp
-                top, i = _tile_best(m, tg, prev, y0, y1, x0, x1, floor)
-            if i >= 0 and top >= floor and (top > best or (top == best and i < best_idx)):
-                best, best_idx = top, i
-                floor = max(floor, best)
+                if rstamp[ty, tx] != stamp:
+                    ranges[ty, tx, 0], ranges[ty, tx, 1] = _tag_range(tag_lo, j, ty, tx)
+                    rstamp[ty, tx] = stamp
+                lo_d, hi_d = ranges[ty, tx, 0] - prev, ranges[ty, tx, 1] - prev
+                penalty = np.rint(max(lo_d, -hi_d, 0.0))
+                if u[ty, tx] - penalty < floor:
+                    continue
+                if penalty > 0:
+                    defer[nd] = t
+                    nd += 1
+                    continue
+                if state[j, ty, tx] != EXACT:
+                    _ensure(lo, hi, heat, state, rows, hw, tile, j, ty, tx)
+                y0, x0 = ty * tile, tx * tile
+                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                if lo_d > -0.5 and hi_d < 0.5:  # no pixel of the tile pays a penalty
+                    top, i = _first_max(m, y0, y1, x0, x1)
+                else:
+                    if tstamp[ty, tx] != stamp:
+                        _tags_into(tag_lo, j, full, tile, ty, tx, tg, rows, s2)
+                        tstamp[ty, tx] = stamp
+                    top, i = _tile_best(m, tg, prev, y0, y1, x0, x1, floor)
+                if i >= 0 and top >= floor and (top > best or (top == best and i < best_idx)):
+                    best, best_idx = top, i
+                    floor = max(floor, best)
     for n in range(nd):
         ty, tx = defer[n] // tw, defer[n] % tw
         penalty = np.rint(max(ranges[ty, tx, 0] - prev, prev - ranges[ty, tx, 1], 0.0))
         if u[ty, tx] - penalty < floor:
             continue
-        if not done[j, ty, tx]:
-            _ensure(lz, tile, j, ty, tx)
-            if u[ty, tx] - penalty < floor:
-                continue
+        if state[j, ty, tx] != EXACT:
+            _ensure(lo, hi, heat, state, rows, hw, tile, j, ty, tx)
         if tstamp[ty, tx] != stamp:
-            _tags_into(tag_lo, j, full, tile, ty, tx, tg, yt, xt, t2, rows, s2)
+            _tags_into(tag_lo, j, full, tile, ty, tx, tg, rows, s2)
             tstamp[ty, tx] = stamp
         y0, x0 = ty * tile, tx * tile
         top, i = _tile_best(m, tg, prev, y0, min(y0 + tile, h), x0, min(x0 + tile, w), floor)
@@ -917,9 +1054,21 @@ def _best_pixel(lz, tile, j, prev, floor, tag_lo, full, tg, t2, s2, ranges, rsta
 
 
 @njit(cache=True, nogil=True)
-def _adjust_score(joints, heat, adjust):
+def _neighbours_in(lz, tile, j, y, x):
+    """The tiles the quarter-pixel step at (y, x) reads into the buffer."""
+    lo, hi, heat, ub, state, rows, hw = lz
+    h, w = heat.shape[1], heat.shape[2]
+    for ty in range(max(y - 1, 0) // tile, min(y + 1, h - 1) // tile + 1):
+        for tx in range(max(x - 1, 0) // tile, min(x + 1, w - 1) // tile + 1):
+            if state[j, ty, tx] != EXACT:
+                _ensure(lo, hi, heat, state, rows, hw, tile, j, ty, tx)
+
+
+@njit(cache=True, nogil=True)
+def _adjust_score(joints, lz, tile, adjust):
     """Quarter-pixel adjustment of the grouped joints and the person scores (before refinement).
     -> (keypoints (P, K, 3), scores (P,))."""
+    heat = lz[2]
     p, k = joints.shape[0], joints.shape[1]
     kps = np.zeros((p, k, 3))
     scores = np.zeros(p)
@@ -928,6 +1077,7 @@ def _adjust_score(joints, heat, adjust):
         for j in range(k):
             x, y, v = joints[i, j, 0], joints[i, j, 1], joints[i, j, 2]
             if v > 0 and adjust:
+                _neighbours_in(lz, tile, j, int(y), int(x))
                 x, y = _quarter(heat[j], int(x), int(y))
             kps[i, j, 0], kps[i, j, 1], kps[i, j, 2] = x, y, v
             total += v
@@ -936,14 +1086,16 @@ def _adjust_score(joints, heat, adjust):
 
 
 @njit(cache=True, nogil=True)
-def _refine(kps, joints, lz, tile, tag_lo, full, tags, t2, count, top):
-    """Every joint a person lacks becomes its ``_best_pixel`` when the heat there is positive (in place).
-    The joint's candidates (``count``, ``top`` of the scan) seed each search with their exact scores."""
-    half, heat, ub, done, yt, xt, rows = lz
+def _refine(kps, joints, lz, tile, tag_lo, full, tags, count, top, cand_tag, thr):
+    """Every joint a person lacks becomes its ``_best_pixel`` when the heat there is positive (in place);
+    ``tags``: one joint's tag map (parse resolution), filled a tile at a time as the searches need it.
+    The joint's candidates (``count``, ``top`` of the scan, ``cand_tag`` of the grouping) seed each search
+    with their exact scores."""
+    lo, hi, heat, ub, state, rows, hw = lz
     p, k = kps.shape[0], kps.shape[1]
     if p == 0:
         return
-    h, w = heat.shape[1], heat.shape[2]
+    w = heat.shape[2]
     th, tw = ub.shape[1], ub.shape[2]
     # each person's mean tag over its grouped joints (refinement of one joint does not change it)
     prev = np.zeros(p)
@@ -957,68 +1109,55 @@ def _refine(kps, joints, lz, tile, tag_lo, full, tags, t2, count, top):
     ranges = np.empty((th, tw, 2))
     rstamp = np.zeros((th, tw), np.int64)
     tstamp = np.zeros((th, tw), np.int64)
-    defer = np.empty(th * tw, np.int64)
-    order = np.empty(th * tw, np.int64)
-    starts = np.empty(BUCKETS + 1, np.int64)
-    tops = np.empty(BUCKETS)
-    s2 = np.empty((tile, tile), np.float32)
-    seed_val = np.empty(top.shape[1])
-    seed_tag = np.empty(top.shape[1])
+    first = (np.empty(th * tw, np.int64), np.empty(BUCKETS + 1, np.int64), np.empty(BUCKETS))
+    second = (np.empty(th * tw, np.int64), np.empty(BUCKETS + 1, np.int64), np.empty(BUCKETS))
+    tail = np.empty(2)
+    bidx, defer, s2 = (
+        np.empty(th * tw, np.int64),
+        np.empty(th * tw, np.int64),
+        np.empty((tile, tile), np.float32),
+    )
+    search = (first, second, tail, bidx, ranges, rstamp, tstamp, defer, s2)
+    seed = np.empty(p)
     for j in range(k):  # joint by joint, so one map stays in cache for every person's search
         if (kps[:, j, 2] != 0).all():
             continue
-        _tile_order(ub[j], order, starts, tops)
-        for c in range(count[j]):
-            y, x = top[j, c] // w, top[j, c] % w
-            seed_val[c], seed_tag[c] = heat[j, y, x], tag_at(tag_lo, j, y, x, full)
+        low = np.inf
+        for i in range(p):  # each search starts from the best candidate of this joint (an exact score)
+            seed[i] = -np.inf
+            for c in range(count[j]):
+                v = heat[j, top[j, c] // w, top[j, c] % w]
+                seed[i] = max(seed[i], v - np.rint(abs(cand_tag[j, c] - prev[i])))
+            if kps[i, j, 2] == 0:
+                low = min(low, seed[i])
+        # tiles below every search's seed are never visited; those below thr / 4 (background) are
+        # ordered only when a search gets that far
+        cut = max(thr / 4, low)
+        tail[0] = _tile_order(ub[j], cut, np.inf, first[0], first[1], first[2], bidx)
+        tail[1] = 0
         for i in range(p):
             if kps[i, j, 2] != 0:
                 continue
-            floor = -np.inf
-            for c in range(count[j]):
-                floor = max(floor, seed_val[c] - np.rint(abs(seed_tag[c] - prev[i])))
-            best = _best_pixel(lz, tile, j, prev[i], floor, tag_lo, full, tags[j], t2, s2, ranges, rstamp,
-                               tstamp, j + 1, order, starts, tops, defer)  # fmt: skip
+            best = _best_pixel(lz, tile, j, prev[i], seed[i], tag_lo, full, tags, search, j + 1, cut)
             y, x = best // w, best % w
             v = heat[j, y, x]
             if v > 0:
-                for ny in range(max(y - 1, 0) // tile, min(y + 1, h - 1) // tile + 1):
-                    for nx in range(max(x - 1, 0) // tile, min(x + 1, w - 1) // tile + 1):
-                        if not done[j, ny, nx]:
-                            _ensure(lz, tile, j, ny, nx)  # the neighbours the quarter-pixel step reads
+                _neighbours_in(lz, tile, j, y, x)
                 kx, ky = _quarter(heat[j], x, y)
                 kps[i, j, 0], kps[i, j, 1], kps[i, j, 2] = kx, ky, v
 
 
 @njit(cache=True, nogil=True)
-def _prepare(lo, hi, full, half, heat, ub, done):
-    """The dense step: the stride-2 map (and at stride 2 the exact tile maxima, every tile done; at the input
-    resolution the tile bounds, no tile done yet). -> (lz, stride-2 taps for the tags)."""
-    k, h, w = lo.shape
-    tile = 8 if full else 4
-    if full:
-        _half_into(lo, hi, half, ub)
-        done[:] = False
-        yt, xt, t2 = _taps(2 * h), _taps(2 * w), (_taps(h), _taps(w))
-    else:
-        _heat_into(lo, hi, False, tile, heat, ub)
-        done[:] = True
-        yt, xt = _taps(h), _taps(w)
-        t2 = (yt, xt)
-    return (half, heat, ub, done, yt, xt, np.empty((tile, tile), np.float32)), t2
-
-
-@njit(cache=True, nogil=True)
-def _decode_kernel(lo, tag_lo, hi, half, heat, ub, done, tags, thr, radius, topk, order, tag_thr, flags):
+def _decode_kernel(lo, tag_lo, hi, scratch, heat, ub, state, tags, thr, radius, topk, order, tag_thr, flags):
     """flags: project2image, use_detection_val, ignore_too_much, adjust, refine."""
     full = flags[0]
     tile = 8 if full else 4
-    lz, t2 = _prepare(lo, hi, full, half, heat, ub, done)
-    count, top = _scan_tiles(lz, tile, thr, radius, topk)
-    joints = _group(heat, tag_lo, full, count, top, order, topk, tag_thr, flags[1], flags[2])
-    kps, scores = _adjust_score(joints, heat, flags[3])
+    count, top, lz = _parse_maps(lo, hi, full, heat, ub, state, scratch, thr, radius, topk)
+    cand_tag = np.zeros(top.shape)
+    joints = _group(heat, tag_lo, full, count, top, order, topk, tag_thr, flags[1], flags[2], cand_tag)
+    kps, scores = _adjust_score(joints, lz, tile, flags[3])
     if flags[4]:
-        _refine(kps, joints, lz, tile, tag_lo, full, tags, t2, count, top)
+        _refine(kps, joints, lz, tile, tag_lo, full, tags, count, top, cand_tag, thr)
     return kps, scores
 
 
@@ -1026,8 +1165,9 @@ _WORKSPACE = threading.local()
 
 
 def _buffers(k: int, h: int, w: int, full: bool) -> tuple[np.ndarray, ...]:
-    """This thread's maps for stride-4 outputs of (h, w): the stride-2 heat, the parse map's heat and tags,
-    its tile bounds and flags, reused across frames (no page faults; only the touched tiles are written)."""
+    """This thread's maps for stride-4 outputs of (h, w): one joint's stride-2 heat (scratch), the parse
+    map's heat, its tile bounds and states, and one joint's tags (refinement works joint by joint), reused
+    across frames (no page faults; only the tiles a frame touches are written)."""
     key = (k, h, w, full)
     cache = _WORKSPACE.__dict__.setdefault("buffers", {})
     if key not in cache:
@@ -1035,9 +1175,15 @@ def _buffers(k: int, h: int, w: int, full: bool) -> tuple[np.ndarray, ...]:
             cache.clear()
         f, tile = (4, 8) if full else (2, 4)
         heat = np.empty((k, f * h, f * w), np.float32)
-        half = np.empty((k, 2 * h, 2 * w), np.float32) if full else heat
+        scratch = np.empty((2 * h, 2 * w), np.float32)
         tiles = (k, -(-f * h // tile), -(-f * w // tile))
-        cache[key] = (half, heat, np.empty(tiles, np.float32), np.empty(tiles, np.bool_), np.empty_like(heat))
+        cache[key] = (
+            scratch,
+            heat,
+            np.empty(tiles, np.float32),
+            np.empty(tiles, np.uint8),
+            np.empty(heat.shape[1:], np.float32),
+        )
     return cache[key]
 
 
@@ -1057,25 +1203,60 @@ def to_poses(
     return Poses(keypoints, scores, boxes, np.zeros(kps.shape[:2], bool))
 
 
+@njit(cache=True, nogil=True)
+def _to_original(kps, scale, gain, pad_x, pad_y, width, height, clip):
+    """``to_poses``'s arithmetic in one pass: keypoints (P, K, 3) in parse-map pixels -> (keypoints (P, K, 3)
+    float32 in original pixels, boxes (P, 4) float32 over the joints with a positive score). float32 as
+    ``LetterboxMeta.to_original`` (the products in float64, then the letterbox in float32)."""
+    p, k = kps.shape[0], kps.shape[1]
+    out = np.empty((p, k, 3), np.float32)
+    boxes = np.empty((p, 4), np.float32)
+    g, px, py = np.float32(gain), np.float32(pad_x), np.float32(pad_y)
+    zero, w, h = np.float32(0.0), np.float32(width), np.float32(height)
+    for i in range(p):
+        x0 = y0 = np.float32(np.inf)
+        x1 = y1 = np.float32(-np.inf)
+        for j in range(k):
+            x = (np.float32(kps[i, j, 0] * scale) - px) / g
+            y = (np.float32(kps[i, j, 1] * scale) - py) / g
+            if clip:
+                x = min(max(x, zero), w)
+                y = min(max(y, zero), h)
+            out[i, j, 0], out[i, j, 1], out[i, j, 2] = x, y, kps[i, j, 2]
+            if kps[i, j, 2] > 0:
+                x0, y0, x1, y1 = min(x0, x), min(y0, y), max(x1, x), max(y1, y)
+        boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = x0, y0, x1, y1
+    return out, boxes
+
+
 def parse_scale(params: SahrParams, head: SahrHead) -> int:
     """Input pixels per pixel of the maps the parse runs on."""
     return 1 if params.project2image else head.strides[1]
 
 
+def _geometry(meta: LetterboxMeta, params: SahrParams, head: SahrHead) -> tuple:
+    """``_to_original``'s arguments after the keypoints: parse scale, letterbox gain and pad, original size,
+    clip (as Python scalars, so one compiled version serves every frame)."""
+    (w, h), (px, py) = meta.original_size, meta.pad
+    return parse_scale(params, head), float(meta.gain), float(px), float(py), int(w), int(h), params.clip
+
+
 def decode(outputs: Outputs, meta: LetterboxMeta, params: SahrParams, head: SahrHead) -> Poses:
     """Raw SAHR outputs of one image -> ``Poses`` in original-image pixels, in the official group order."""
     lo, tag, hi = read_outputs(outputs, head)
-    half, heat, ub, done, tags = _buffers(head.num_keypoints, lo.shape[1], lo.shape[2], params.project2image)
+    scratch, heat, ub, state, tags = _buffers(
+        head.num_keypoints, lo.shape[1], lo.shape[2], params.project2image
+    )
     p = params
     flags = (p.project2image, p.use_detection_val, p.ignore_too_much, p.adjust, p.refine)
     kps, scores = _decode_kernel(
         lo,
         tag,
         hi,
-        half,
+        scratch,
         heat,
         ub,
-        done,
+        state,
         tags,
         params.threshold(head),
         params.nms_kernel // 2,
@@ -1084,7 +1265,10 @@ def decode(outputs: Outputs, meta: LetterboxMeta, params: SahrParams, head: Sahr
         params.tag_threshold,
         np.array(flags),
     )
-    return to_poses(kps, scores, parse_scale(params, head), meta, params, head.num_keypoints)
+    if len(scores) == 0:
+        return Poses.empty(head.num_keypoints)
+    keypoints, boxes = _to_original(kps, *_geometry(meta, params, head))
+    return Poses(keypoints, scores, boxes, np.zeros(kps.shape[:2], bool))
 
 
 def warmup(head: SahrHead) -> None:
