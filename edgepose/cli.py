@@ -206,7 +206,7 @@ def demo(
     streams: Annotated[
         int | None,
         typer.Option(
-            help="parallel inference streams (default: 1), each with --threads threads "
+            help="parallel inference streams (default: 2 on 2+ cores), each with --threads threads "
             "(then by default cores / streams)",
             min=1,
         ),

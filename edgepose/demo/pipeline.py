@@ -12,11 +12,9 @@ parallelism scales well below 2x. Frames then finish out of order, so the result
 buffer keyed by the order frames entered pre-processing: the consumer always gets them in order. A cap on
 the frames in flight keeps that buffer small even when one stream stalls.
 
-The demo's default stays one stream (of every core) until an idle-machine measurement says otherwise:
-so far there are only runs on a 2-core machine busy with a training job (benchmarks/demo_pipeline.py,
-kapao-n 640, interleaved, medians of 4): 1 stream x 2 threads 12.5 FPS, 1 x 1 20.8, 2 streams x 1
-thread 23.9. Under such load two threads per inference lose badly, and 2 x 1 is ahead of 1 x 1 by
-about the noise; on an idle machine 1 x 2 beat 1 x 1 by 1.4x (38.5 vs 27.5 FPS).
+The demo runs two 1-thread streams on 2+ cores (``run.default_streams``): on this project's idle 2-core
+machine (benchmarks/demo_pipeline.py, kapao-n 640) the pipeline with one 2-thread stream only matched a
+sequential loop (0.99x), two 1-thread streams reached 1.26x, at ~14 ms more latency per frame.
 
 Live sources feed a one-slot queue that drops its oldest frame, so inference always takes the newest;
 files feed blocking queues (back-pressure), so every frame is processed in order. Shutdown is by a stop

@@ -36,10 +36,15 @@ def inference_threads(cores: int | None = None, streams: int = 1) -> int:
     return max(1, total // max(1, streams))
 
 
-def default_streams() -> int:
-    """Inference streams when ``--streams`` is not given: one, with every core (why: the docstring of
-    ``edgepose.demo.pipeline``; measure with ``benchmarks/demo_pipeline.py --streams N``)."""
-    return 1
+def default_streams(cores: int | None = None) -> int:
+    """Inference streams when ``--streams`` is not given: two single-thread streams on 2+ cores.
+
+    Measured with benchmarks/demo_pipeline.py on this project's idle 2-core machine (kapao-n 640, the
+    shipped video): 1 stream x 2 threads 0.99x a sequential loop, 2 streams x 1 thread 1.26x. The price
+    is latency (a 1-thread inference takes ~36 ms instead of ~22 ms); ``--streams 1`` trades back.
+    """
+    total = cores if cores is not None else (os.cpu_count() or 1)
+    return 2 if total >= 2 else 1
 
 
 def _cpu(runtime: str, device: str | None) -> bool:
