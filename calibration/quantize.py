@@ -212,6 +212,8 @@ def quantize_for_target(req: Int8Request) -> Int8Result:
                     "the gate found no quantized layer to keep in float; export fp16/fp32 instead"
                 )
         excluded = [r.layer for r in ranking[: min(len(ranking), 2**round_no)]]
+    if req.max_ap_drop is None:
+        req.log("accuracy gate off (no --val/--max-ap-drop): INT8-vs-FP32 agreement is the only check")
     manifest = {
         **cand.manifest,
         "calibration": {
