@@ -106,8 +106,19 @@ def test_stages_add_up_and_timer_overhead_is_small(bundles):
     with edgepose.load(bundles["cpu"]) as est:
         (res,) = measure_latency([est], FrameCycle(sample_images()), warmup=3, iters=30)
     st = res.stages
-    parts = st["preprocess"]["p50"] + st["inference"]["p50"] + st["postprocess"]["p50"]
-    assert abs(st["total"]["p50"] - parts) <= 0.10 * parts, {k: v["p50"] for k, v in st.items()}
+    # Means add up whatever the load (the mean of a sum is the sum of the means): only the timer's own
+    # gaps between stages separate them.
+    means = st["preprocess"]["mean"] + st["inference"]["mean"] + st["postprocess"]["mean"]
+    assert abs(st["total"]["mean"] - means) <= 0.03 * means, {k: v["mean"] for k, v in st.items()}
+    # Medians add up only when the machine is quiet (README's table): a loaded machine skews each stage's
+    # distribution differently.
+    import os
+
+    from edgepose.bench.fingerprint import is_busy
+
+    if not is_busy(os.getloadavg()[0], os.cpu_count() or 1):
+        parts = st["preprocess"]["p50"] + st["inference"]["p50"] + st["postprocess"]["p50"]
+        assert abs(st["total"]["p50"] - parts) <= 0.10 * parts, {k: v["p50"] for k, v in st.items()}
     assert res.iterations == 30 and res.first_frame_ms > 0
     overhead_ms = timer_overhead_ns() / 1e6
     assert overhead_ms < 0.01 * st["total"]["p50"], (overhead_ms, st["total"]["p50"])
