@@ -918,3 +918,33 @@ def test_real_bundle_build_and_selection(tiny, tmp_path):
     with open_runtime(load_bundle(bundle.path)) as rt:
         out = rt.infer({"images": _x()})
     np.testing.assert_allclose(out["z"], conv_sigmoid_reference(_x(), tiny[1])[1], atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(REAL_REASON is not None, reason="TensorRT/CUDA not available on this machine")
+def test_real_int8_qdq_bundle_builds_and_matches_its_onnxruntime_check(tmp_path):
+    """What `edgepose export --target jetson --precision int8` promises: the Q/DQ ONNX checked here in ONNX
+    Runtime is what TensorRT builds on the device, so both run the same quantized network."""
+    pytest.importorskip("torch")
+    from edgepose.export.pipeline import ExportOptions, export_model
+
+    opts = ExportOptions(
+        model="kapao-t",
+        random_weights=True,
+        imgsz="256",
+        target="jetson",
+        precision="int8",
+        calib="synthetic",
+        calib_size=16,
+        output=tmp_path / "int8",
+    )
+    bundle = export_model(opts, log=lambda m: None)
+    bundle = build_bundle_plan(bundle, precision="int8", log=lambda m: None)
+    x = np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32)
+    with create_runtime("onnxruntime", bundle.artifact("model")) as ort_rt:
+        ref = ort_rt.infer({"images": x})
+    with open_runtime(load_bundle(bundle.path)) as rt:
+        out = rt.infer({"images": x})
+    for name, value in ref.items():
+        scale = float(np.abs(value).max()) or 1.0
+        assert float(np.abs(out[name] - value).max()) / scale < 0.05, name
