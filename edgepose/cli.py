@@ -201,7 +201,7 @@ def demo(
     device: Annotated[str | None, typer.Option(help="runtime device (cpu, cuda, GPU, NPU, ...)")] = None,
     boxes: Annotated[bool, typer.Option("--boxes", help="also draw person boxes")] = False,
     threads: Annotated[
-        int | None, typer.Option(help="CPU inference threads (default: all cores)", min=1)
+        int | None, typer.Option(help="CPU inference threads per stream (default: cores / streams)", min=1)
     ] = None,
     streams: Annotated[
         int | None,
