@@ -57,15 +57,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import onnx
-    import onnxruntime as ort
-    import openvino as ov
     from edgepose.calibration.data import calibration_tensors, load_calibration
     from edgepose.calibration.graph import float_tail
     from edgepose.calibration.openvino_quant import nncf_quantizer
     from edgepose.calibration.ort_quant import TENSORRT_CONFIG, OrtQuantConfig, quantize_onnx
     from edgepose.export.onnx2openvino import onnx_to_openvino
     from edgepose.export.pipeline import ExportOptions, export_model
-    from edgepose.runtimes.onnxruntime import DISABLED_OPTIMIZERS
+    from edgepose.runtimes.base import create_runtime
 
     from edgepose.sysinfo import machine_summary
 
@@ -98,36 +96,25 @@ def main() -> None:
             onnx_models["Q/DQ, per-channel, u8 activations (default)"], root / "ir-qdq", "int8"
         )["artifacts"]["ir"]
 
-        runners = {}
+        # Through edgepose's own runtimes, so the sessions are configured exactly as a bundle's would be.
+        runners, runtimes = {}, []
         for label, path in onnx_models.items():
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            sess = ort.InferenceSession(
-                str(path),
-                so,
-                providers=["CPUExecutionProvider"],
-                disabled_optimizers=list(DISABLED_OPTIMIZERS),
-            )
-            runners[("onnxruntime", label)] = lambda s=sess: s.run(None, {"images": x})
-        core = ov.Core()
+            rt = create_runtime("onnxruntime", path, threads=args.threads)
+            runtimes.append(rt)
+            runners[("onnxruntime", label)] = lambda r=rt: r.infer({"images": x})
         for label, xml in irs.items():
-            compiled = core.compile_model(
-                str(xml),
-                "CPU",
-                {
-                    "INFERENCE_PRECISION_HINT": "f32",
-                    "INFERENCE_NUM_THREADS": args.threads,
-                    "PERFORMANCE_HINT": "LATENCY",
-                },
-            )
-            request = compiled.create_infer_request()
-            runners[("openvino", label)] = lambda r=request: r.infer({0: x})
+            precision = "fp32" if label == "FP32" else "int8"
+            rt = create_runtime("openvino", xml, device="CPU", precision=precision, threads=args.threads)
+            runtimes.append(rt)
+            runners[("openvino", label)] = lambda r=rt: r.infer({"images": x})
         # One round-robin per runtime: ONNX Runtime's spinning worker threads and OpenVINO's pool would
         # otherwise steal the cores from each other between alternating calls.
         medians = {}
         for runtime in ("onnxruntime", "openvino"):
             mine = {k: v for k, v in runners.items() if k[0] == runtime}
             medians.update(_time_round_robin(mine, args.iters, args.warmup))
+        for rt in runtimes:
+            rt.close()
 
     machine = machine_summary()
     cpu = machine["cpu"]

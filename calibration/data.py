@@ -150,6 +150,11 @@ def _load_folder(folder: Path, size: int, seed: int, held_back: int, report: Rep
     )
 
 
+def coco_image_folders(annotation_file: Path) -> tuple[Path, Path]:
+    """Where a COCO file's images are looked for: ``images/`` beside it, then its own folder."""
+    return annotation_file.parent / "images", annotation_file.parent
+
+
 def _load_coco(path: Path, size: int, seed: int, held_back: int, report: Reporter) -> CalibrationSet:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -160,7 +165,7 @@ def _load_coco(path: Path, size: int, seed: int, held_back: int, report: Reporte
         raise DataError(f"{path} is not a COCO annotation file (no 'images' list)")
     if not entries:
         raise DataError(f"no images in COCO file {path} to calibrate with (its 'images' list is empty)")
-    folders = (path.parent / "images", path.parent)
+    folders = coco_image_folders(path)
     files = []
     for entry in entries:
         name = entry.get("file_name") if isinstance(entry, dict) else None

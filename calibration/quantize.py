@@ -57,6 +57,13 @@ class Int8Request:
     validation: ValidationSet | None = None
     max_ap_drop: float | None = None
     log: Callable[[str], None] = print
+    _tail: list[str] | None = field(default=None, repr=False)
+
+    def float_tail(self) -> list[str]:
+        """The FP32 graph's float tail, read once however many gate rounds quantize it."""
+        if self._tail is None:
+            self._tail = float_tail(onnx.load(str(self.fp32_onnx)))
+        return self._tail
 
 
 @dataclass
@@ -83,22 +90,14 @@ class Int8Result:
 
 def cpu_isa() -> str:
     """The CPU's best integer-dot-product instruction set: INT8 rounding and saturation depend on it."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        pass
-    for flag, name in (
-        ("amx_int8", "AMX-INT8"),
-        ("avx512_vnni", "AVX512-VNNI"),
-        ("avx_vnni", "AVX-VNNI"),
-        ("avx512bw", "AVX512 (no VNNI)"),
-        ("avx2", "AVX2 (no VNNI)"),
-    ):
-        if f" {flag}" in flags:
+    from edgepose.sysinfo import cpu_info
+
+    isa = cpu_info()["isa"]
+    for name in ("AMX-INT8", "AVX-512 VNNI", "AVX-VNNI", "NEON dot product"):
+        if name in isa:
             return name
-    return platform.machine() or "unknown"
+    no_vnni = next((n for n in ("AVX-512BW", "AVX2", "NEON") if n in isa), None)
+    return f"{no_vnni} (no VNNI)" if no_vnni else platform.machine() or "unknown"
 
 
 def _build(
@@ -122,7 +121,7 @@ def _build(
             quantizer = {**q.summary(), "openvino": "Q/DQ ONNX converted to IR"}
             model = q.path
         else:
-            keep = [*float_tail(onnx.load(str(req.fp32_onnx))), *exclude]
+            keep = [*req.float_tail(), *exclude]
             converted = onnx_to_openvino(
                 req.fp32_onnx, work / "ir", "int8", quantize=nncf_quantizer(tensors, keep)
             )

@@ -15,7 +15,7 @@ graphs taught us (ORT 1.31):
   through their producing node (name and op type) and deleted nodes are rebuilt in float;
 - a bias's DequantizeLinear outputs the FP32 bias's own name, so FP32 initializers come in under new names;
 - at session creation ORT re-quantizes a float layer that sits between Q/DQ pairs (see
-  ``REQUANTIZING_OPTIMIZERS``), so an excluded layer only stays float where that optimizer is disabled.
+  ``DISABLED_OPTIMIZERS``), so an excluded layer only stays float where that optimizer is disabled.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from edgepose.calibration.graph import WEIGHTED_OPS, weighted_layers
+from edgepose.calibration.ort_quant import prepare_for_quantization
 from edgepose.runtimes.onnxruntime import DISABLED_OPTIMIZERS
 
 from edgepose.errors import UsageError
@@ -42,10 +43,6 @@ FOLLOWERS = frozenset(
 )
 _FOLLOWED = {"Where": (1, 2)}
 _REMOVABLE = ("Relu", "Clip")
-
-#: ONNX Runtime session optimizers that quantize float weights again at load time (WeightBiasQuantization,
-#: ORT >= 1.21, microsoft/onnxruntime#22969): the runtime disables them, and so does sensitivity.
-REQUANTIZING_OPTIMIZERS = DISABLED_OPTIMIZERS
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -342,7 +339,8 @@ def dequantize_layers(
     """A copy of ``qdq`` with each named layer running in float.
 
     ``fp32`` is the model the Q/DQ one was quantized from, after the quantizer's pre-processing
-    (``prepare_fp32``). ``mode="exclude"`` gives what ONNX Runtime's ``nodes_to_exclude`` would: float
+    (``ort_quant.prepare_for_quantization``). ``mode="exclude"`` gives what ONNX Runtime's
+    ``nodes_to_exclude`` would: float
     weights and bias, and the Q/DQ pairs around the layers removed where no quantized op still needs them.
     ``mode="float"`` also feeds the named layers float inputs whatever their neighbours need (the most that
     floating a layer can give, though the quantizer would keep those inputs quantized).
@@ -387,13 +385,6 @@ def _check_weight_shape(
             f"layer '{layer.name}' has weights {list(stored.dims)} in the Q/DQ model but {list(weight.dims)} "
             "in the FP32 model; pass the FP32 model it was quantized from"
         )
-
-
-def prepare_fp32(fp32_path: Path) -> onnx.ModelProto:
-    """The FP32 graph ``quantize_onnx`` quantizes (see ``ort_quant.prepare_for_quantization``)."""
-    from edgepose.calibration.ort_quant import prepare_for_quantization
-
-    return prepare_for_quantization(fp32_path)
 
 
 @dataclass
@@ -457,7 +448,7 @@ def output_error(
     input_name: str,
     tensors: Sequence[np.ndarray],
     threads: int = 0,
-    disabled_optimizers: Sequence[str] = REQUANTIZING_OPTIMIZERS,
+    disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS,
 ) -> float:
     """Sum over graph outputs of the mean squared difference to FP32, each divided by the FP32 variance."""
     return _Reference(fp32, input_name, tensors, threads, disabled_optimizers).error(model)
@@ -472,18 +463,18 @@ def rank_layers(
     progress: bool = False,
     mode: str = "exclude",
     threads: int = 0,
-    disabled_optimizers: Sequence[str] = REQUANTIZING_OPTIMIZERS,
+    disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS,
 ) -> tuple[float, list[LayerSensitivity]]:
     """The full-INT8 error and every layer's sensitivity, most sensitive (most error recovered) first.
 
     ``fp32_path`` is the ONNX given to ``quantize_onnx``; it is pre-processed the same way here.
     ``layers`` defaults to every quantized layer; ``threads`` 0 lets ONNX Runtime choose. Sessions use
-    ORT's default optimization level minus ``disabled_optimizers`` (see ``REQUANTIZING_OPTIMIZERS``).
+    ORT's default optimization level minus ``disabled_optimizers`` (see ``DISABLED_OPTIMIZERS``).
     """
     if not tensors:
         raise UsageError("sensitivity analysis needs at least one input tensor")
     qdq = onnx.load(str(qdq_path))
-    fp32 = prepare_fp32(Path(fp32_path))
+    fp32 = prepare_for_quantization(Path(fp32_path))
     reference = _Reference(fp32, input_name, tensors, threads, disabled_optimizers)
     full = reference.error(qdq)
     names = list(quantized_layers(qdq) if layers is None else layers)

@@ -10,6 +10,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgepose.calibration.data import coco_image_folders
+
 from edgepose.data.coco import load_keypoint_annotations
 from edgepose.errors import InputError, UsageError
 
@@ -55,5 +57,5 @@ def load_validation(
             "and images/, or a COCO keypoint annotation file"
         )
     data = load_keypoint_annotations(path, num_keypoints=num_keypoints)
-    images_dir = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+    images_dir = next(d for d in coco_image_folders(path) if d.is_dir())
     return ValidationSet(data, images_dir, f"{path} ({len(data['images'])} images)")

@@ -13,15 +13,14 @@ pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 
 from edgepose.calibration.graph import weighted_layers  # noqa: E402
-from edgepose.calibration.ort_quant import OrtQuantConfig, quantize_onnx  # noqa: E402
+from edgepose.calibration.ort_quant import OrtQuantConfig, prepare_for_quantization, quantize_onnx  # noqa: E402
 from edgepose.calibration.sensitivity import (  # noqa: E402
-    REQUANTIZING_OPTIMIZERS,
     dequantize_layers,
     output_error,
-    prepare_fp32,
     quantized_layers,
     rank_layers,
 )
+from edgepose.runtimes.onnxruntime import DISABLED_OPTIMIZERS  # noqa: E402
 
 from edgepose.errors import UsageError  # noqa: E402
 
@@ -80,7 +79,7 @@ def _tensors(n: int, seed: int) -> list[np.ndarray]:
 
 
 def _run(
-    model: onnx.ModelProto, tensors: list[np.ndarray], disabled: Sequence[str] = REQUANTIZING_OPTIMIZERS
+    model: onnx.ModelProto, tensors: list[np.ndarray], disabled: Sequence[str] = DISABLED_OPTIMIZERS
 ) -> list[list[np.ndarray]]:
     """Outputs of an ONNX Runtime session that keeps float layers float, as sensitivity measures them."""
     import onnxruntime as ort
@@ -137,7 +136,7 @@ def silu_qdq(silu_net, calib) -> onnx.ModelProto:
 
 def test_only_weighted_ops_quantized_dequantizing_all_gives_fp32_back(silu_net, calib):
     qdq = _quantize(silu_net, "silu-conv-only.onnx", calib, OrtQuantConfig(op_types=("Conv",)))
-    fp32 = prepare_fp32(silu_net)
+    fp32 = prepare_for_quantization(silu_net)
     layers = quantized_layers(qdq)
     assert len(layers) == 4 and _count(qdq, "QuantizeLinear") > 0  # the two heads are the float tail
     floated = dequantize_layers(qdq, fp32, layers)
@@ -149,7 +148,7 @@ def test_only_weighted_ops_quantized_dequantizing_all_gives_fp32_back(silu_net, 
 
 def test_one_layer_matches_onnxruntime_excluding_it(silu_net, silu_qdq, calib):
     """The surgery predicts what re-quantizing with ``nodes_to_exclude`` gives, without recalibrating."""
-    fp32 = prepare_fp32(silu_net)
+    fp32 = prepare_for_quantization(silu_net)
     layers = quantized_layers(silu_qdq)
     target = layers[1]
     floated = dequantize_layers(silu_qdq, fp32, [target])
@@ -185,7 +184,7 @@ def test_surgery_matches_exclusion_across_configs(tmp_path, calib, silu_net, net
     torch.manual_seed(0)
     fp32_path = silu_net if net == "silu" else _export(_Chain(), tmp_path / "chain.onnx", ["out"])
     qdq = _quantize(fp32_path, f"{net}-{tmp_path.name}.onnx", calib, config)
-    fp32, tensors = prepare_fp32(fp32_path), _tensors(2, seed=7)
+    fp32, tensors = prepare_for_quantization(fp32_path), _tensors(2, seed=7)
     for target in quantized_layers(qdq)[1:3]:
         excluded = _quantize(fp32_path, f"{net}-excluded-{tmp_path.name}.onnx", calib, config, [target])
         floated = dequantize_layers(qdq, fp32, [target])
@@ -199,7 +198,7 @@ def test_deleted_relus_are_rebuilt_in_float(tmp_path, calib):
     torch.manual_seed(0)
     fp32_path = _export(_Chain(), tmp_path / "chain.onnx", ["out"])
     qdq = _quantize(fp32_path, "chain-int8.onnx", calib)
-    fp32 = prepare_fp32(fp32_path)
+    fp32 = prepare_for_quantization(fp32_path)
     assert _count(qdq, "Relu") == 0 and _count(fp32, "Relu") == 2
     relu_out = _node(fp32, "/c2/Conv").input[0]
     assert _producer(qdq, relu_out).op_type == "Conv"  # same name, different value
@@ -213,7 +212,7 @@ def test_deleted_relus_are_rebuilt_in_float(tmp_path, calib):
 
 
 def test_float_mode_feeds_float_activations(silu_net, silu_qdq):
-    fp32 = prepare_fp32(silu_net)
+    fp32 = prepare_for_quantization(silu_net)
     target = quantized_layers(silu_qdq)[2]
     kept = dequantize_layers(silu_qdq, fp32, [target])
     floated = dequantize_layers(silu_qdq, fp32, [target], mode="float")
@@ -254,7 +253,7 @@ def test_ranking_finds_planted_sensitive_layer(tmp_path, calib):
     excluded = _quantize(
         fp32_path, "planted-excluded.onnx", calib, OrtQuantConfig(per_channel=False), ["/c4/Conv"]
     )
-    fp32, tensors = prepare_fp32(fp32_path), _tensors(4, seed=5)
+    fp32, tensors = prepare_for_quantization(fp32_path), _tensors(4, seed=5)
     kept_float = output_error(excluded, fp32, "images", tensors, threads=1)
     assert kept_float == pytest.approx(ranked[0].error, rel=1e-3)
     if tuple(int(p) for p in ort.__version__.split(".")[:2]) >= (1, 21):
@@ -264,7 +263,7 @@ def test_ranking_finds_planted_sensitive_layer(tmp_path, calib):
 
 def test_error_is_normalised_per_output(silu_net):
     """Shifting an output by k of its standard deviations costs k**2, whatever the output's scale."""
-    fp32 = prepare_fp32(silu_net)
+    fp32 = prepare_for_quantization(silu_net)
     tensors = _tensors(2, seed=6)
     assert output_error(fp32, fp32, "images", tensors, threads=1) == 0.0
     runs = _run(fp32, tensors)
@@ -280,7 +279,7 @@ def test_error_is_normalised_per_output(silu_net):
 
 
 def test_unknown_or_unweighted_layer_is_a_usage_error(silu_net, silu_qdq):
-    fp32 = prepare_fp32(silu_net)
+    fp32 = prepare_for_quantization(silu_net)
     with pytest.raises(UsageError, match="not a weighted layer"):
         dequantize_layers(silu_qdq, fp32, ["/no/such/Conv"])
     sigmoid = next(n.name for n in silu_qdq.graph.node if n.op_type == "Sigmoid")
@@ -292,7 +291,7 @@ def test_unknown_or_unweighted_layer_is_a_usage_error(silu_net, silu_qdq):
 
 def test_a_different_fp32_model_is_refused(tmp_path, silu_qdq):
     torch.manual_seed(0)
-    other = prepare_fp32(_export(_Chain(), tmp_path / "other.onnx", ["out"]))
+    other = prepare_for_quantization(_export(_Chain(), tmp_path / "other.onnx", ["out"]))
     with pytest.raises(UsageError, match="FP32 model"):
         dequantize_layers(silu_qdq, other, ["/c3/Conv"])  # 1x1 there, 3x3 here
     with pytest.raises(UsageError, match="FP32 model"):
