@@ -346,6 +346,12 @@ def train(
     mosaic: Annotated[float, typer.Option(help="probability of 4-image mosaic augmentation")] = 0.0,
     workers: Annotated[int, typer.Option(help="data-loading worker processes")] = 1,
     threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    amp: Annotated[
+        str,
+        typer.Option(
+            help="mixed precision: auto (bf16 where the CPU or GPU computes it natively), bf16, or off"
+        ),
+    ] = "auto",
     seed: Annotated[int, typer.Option(help="seed for initialisation, data order and augmentation")] = 0,
 ) -> None:
     """Train or fine-tune a KAPAO, DEKR or SAHR model (resumable; the EMA weights are what is saved)."""
@@ -369,6 +375,7 @@ def train(
         mosaic=mosaic,
         workers=workers,
         threads=threads,
+        amp=amp,
         seed=seed,
         command="edgepose " + " ".join(sys.argv[1:]),
     )

@@ -539,5 +539,6 @@ def decoded_difference(
         "decoded_cells_over_threshold": int(len(passing)),
     }
 
+
 #: the parameter ``edgepose predict --conf`` sets for this family
 CONF_PARAM = "conf"

@@ -8,7 +8,7 @@ dispatches). Only three things differ, and a ``TrainingFamily`` supplies them:
   in input pixels) turned into the family's targets (KAPAO object rows, DEKR heat/offset maps, SAHR
   heatmaps and tag indices);
 - ``forward(model, x)``: the training outputs (SAHR's ``forward_train``, with the scale maps that only the
-  loss reads; the plain ``forward`` otherwise);
+  loss reads; the plain ``forward`` otherwise), under autocast when the run trains in mixed precision;
 - ``criterion(outputs, targets) -> (total, parts)``: ``parts`` is a detached 1-D tensor, one entry per
   name in ``columns`` (the progress bar's and ``results.csv``'s loss columns). Each part is the weighted
   term that enters ``total``, so the parts add up to the loss (KAPAO's total is that sum times the batch,
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from edgepose.errors import UsageError
+from edgepose.training.amp import to_float
 from edgepose.training.dekr_loss import DekrLoss, DekrLossConfig
 from edgepose.training.dekr_loss import build_targets as dekr_targets
 from edgepose.training.kapao_loss import KapaoLoss, KapaoLossConfig
@@ -69,11 +70,14 @@ class TrainingFamily(ABC):
         """-> (total loss, detached parts, one per ``columns`` entry)."""
 
     def step(
-        self, model: nn.Module, x: torch.Tensor, people: torch.Tensor
+        self, model: nn.Module, x: torch.Tensor, people: torch.Tensor, amp: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Targets, forward and loss for one batch of inputs ``x`` (B, 3, H, W) in [0, 1]."""
+        """Targets, forward and loss for one batch of inputs ``x`` (B, 3, H, W) in [0, 1]. With ``amp``
+        the forward runs under autocast in that dtype; the loss always sees float32 outputs."""
         targets = self.targets(people, int(x.shape[0]))
-        return self.criterion(self.forward(model, x), targets)
+        with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            outputs = self.forward(model, x)
+        return self.criterion(to_float(outputs), targets)
 
 
 class KapaoFamily(TrainingFamily):

@@ -41,6 +41,7 @@ from edgepose.data.synthetic import sample_seed
 from edgepose.errors import CheckpointError, DataError, UsageError
 from edgepose.preprocess import parse_imgsz
 from edgepose.skeletons import COCO_17, Skeleton, get_skeleton
+from edgepose.training.amp import autocast_dtype
 from edgepose.training.datasets import (
     AugmentConfig,
     CocoKeypointDataset,
@@ -82,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 1
     arch: str | None = None
+    amp: str = "auto"  # mixed precision: auto | bf16 | off (edgepose.training.amp)
     augment: dict = field(default_factory=lambda: asdict(AugmentConfig()))
     loss: dict = field(default_factory=dict)  # empty: the family's defaults, filled in when the run starts
 
@@ -94,6 +96,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         d["imgsz"] = tuple(d["imgsz"])
+        d.setdefault("amp", "off")  # runs saved before mixed precision existed trained in float32
         return cls(**d)
 
 
@@ -358,6 +361,7 @@ class Trainer:
         net, self.arch = _build_model(cfg.model, cfg.arch, self.skeleton.num_keypoints, self.log)
         self.net = net.to(device).train()
         self.family = training_family(self.net, cfg.imgsz, cfg.loss)
+        self.amp = autocast_dtype(cfg.amp, device)
         self.cfg = cfg = replace(cfg, loss=self.family.loss_dict())
 
         self.nb = len(self.train_set) // cfg.batch
@@ -434,6 +438,8 @@ class Trainer:
             return _final(self.out)
         if self.start_epoch:
             self.log(f"resuming {self.out} at epoch {self.start_epoch + 1}/{c.epochs}")
+        precision = f"mixed precision ({str(self.amp).removeprefix('torch.')})" if self.amp else "float32"
+        self.log(f"training in {precision}")
         self.out.mkdir(parents=True, exist_ok=True)
         t_run = time.time()
         with self.bar or nullcontext():
@@ -459,7 +465,7 @@ class Trainer:
         for i, (imgs, people) in enumerate(loader):
             accumulate = self.schedule(i + nb * epoch)
             x = imgs.to(self.device).float().mul_(1.0 / 255.0)
-            loss, items = self.family.step(self.net, x, people)
+            loss, items = self.family.step(self.net, x, people, self.amp)
             if not torch.isfinite(loss):
                 raise DataError(f"the loss became {float(loss)} at epoch {epoch + 1}; try a lower --lr")
             loss.backward()
@@ -544,6 +550,7 @@ def train(
     mosaic: float = 0.0,
     workers: int = 1,
     threads: int = 2,
+    amp: str = "auto",
     command: str | None = None,
     callback: Callable[[dict], bool | None] | None = None,
 ) -> Path:
@@ -592,6 +599,7 @@ def train(
             seed=int(seed),
             workers=int(workers),
             arch=arch,
+            amp=amp,
             augment=asdict(AugmentConfig(mosaic=float(mosaic))),
         )
     dev = torch.device(device)
