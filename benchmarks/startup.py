@@ -71,8 +71,10 @@ def main() -> None:
         helps = [_help_seconds() for _ in range(args.repeats)]
         cmd = [sys.executable, "-c", PROBE, str(bundle), image]
         subprocess.run(cmd, check=True, capture_output=True)  # warms numba's cache and the file cache
-        runs = [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-                for _ in range(args.repeats)]
+        runs = [
+            json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+            for _ in range(args.repeats)
+        ]
     result = {"help_s": statistics.median(helps)}
     for key in ("import_ms", "load_ms", "first_frame_ms", "steady_frame_ms"):
         result[key] = statistics.median(r[key] for r in runs)

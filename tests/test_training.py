@@ -142,8 +142,10 @@ def test_a_perfect_prediction_has_near_zero_loss_and_gradients_point_back_to_it(
     assert float(items2[3]) > 1e-3 and float(items2[0]) < 1e-6
     # From a perturbed prediction, a small step against the gradient lowers box and keypoint loss.
     gen = torch.Generator().manual_seed(0)
-    noisy = [(r.detach() + 0.3 * torch.randn(r.shape, generator=gen, dtype=r.dtype)).requires_grad_(True)
-             for r in raw]
+    noisy = [
+        (r.detach() + 0.3 * torch.randn(r.shape, generator=gen, dtype=r.dtype)).requires_grad_(True)
+        for r in raw
+    ]
     before, parts = loss_fn(noisy, objects.double())
     before.backward()
     scale = max(float(r.grad.abs().max()) for r in noisy)
@@ -234,6 +236,7 @@ def test_flip_swaps_left_and_right_keypoints():
 
 def test_dataset_flip_is_a_mirror_of_the_unflipped_sample():
     cfg = dict(scale=0, translate=0, hsv_h=0, hsv_s=0, hsv_v=0)
+
     def stream(p: float) -> SyntheticStream:
         aug = AugmentConfig(fliplr=p, **cfg)
         return SyntheticStream(imgsz=(128, 128), length=4, config=aug, renderer=_dots_render)
@@ -303,11 +306,18 @@ def _coco_dir(root: Path, n: int, k: int, split: str | None = None) -> Path:
         cv2.imwrite(str(root / "images" / f"{i:03d}.jpg"), img)
         images.append({"id": i + 1, "file_name": f"{i:03d}.jpg", "width": 640, "height": 480})
         for p in people:
-            anns.append({
-                "id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
-                "keypoints": np.asarray(p["keypoints"]).reshape(-1).tolist(), "num_keypoints": k,
-                "bbox": [float(v) for v in p["bbox"]], "area": float(p["area"]),
-            })
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "keypoints": np.asarray(p["keypoints"]).reshape(-1).tolist(),
+                    "num_keypoints": k,
+                    "bbox": [float(v) for v in p["bbox"]],
+                    "area": float(p["area"]),
+                }
+            )
     name = "annotations.json" if split is None else f"person_keypoints_{split}.json"
     cats = [{"id": 1, "name": "person", "keypoints": [f"k{j}" for j in range(k)]}]
     (root / name).write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -354,8 +364,20 @@ def test_a_14_keypoint_dataset_trains_and_validates(tmp_path):
     train_json = data / "person_keypoints_train.json"
     with pytest.raises(DataError, match="14 keypoints"):
         CocoKeypointDataset(data / "images", train_json, (128, 128), COCO_17)
-    out = train("kapao-t", data=str(data), skeleton="crowdpose-14", epochs=1, imgsz=128, batch=4,
-                output=tmp_path / "run", workers=1, threads=1, progress=False, eval_every=1, val_images=2)
+    out = train(
+        "kapao-t",
+        data=str(data),
+        skeleton="crowdpose-14",
+        epochs=1,
+        imgsz=128,
+        batch=4,
+        output=tmp_path / "run",
+        workers=1,
+        threads=1,
+        progress=False,
+        eval_every=1,
+        val_images=2,
+    )
     assert out.name == "best.pt"  # validation ran and kept its best
     from edgepose.models.checkpoints import load_checkpoint
 
@@ -376,8 +398,14 @@ def test_user_mistakes_are_one_sentence_errors(tmp_path):
     with pytest.raises(DataError, match="annotation"):
         train("kapao-t", data=str(empty), output=tmp_path / "c", progress=False)
     with pytest.raises(UsageError):
-        train("kapao-x", data=str(_coco_dir(tmp_path / "d", 4, 17)), imgsz=128, batch=4,
-              output=tmp_path / "e", progress=False)
+        train(
+            "kapao-x",
+            data=str(_coco_dir(tmp_path / "d", 4, 17)),
+            imgsz=128,
+            batch=4,
+            output=tmp_path / "e",
+            progress=False,
+        )
 
 
 def test_cli_trains_resumes_and_reports_mistakes_in_one_line(tmp_path):
@@ -386,8 +414,27 @@ def test_cli_trains_resumes_and_reports_mistakes_in_one_line(tmp_path):
 
     data = _coco_dir(tmp_path / "data", 4, 17)
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "edgepose.cli", "train", "kapao-t", "--data", str(data), "--epochs", "1",
-            "--imgsz", "128", "--batch", "4", "--workers", "0", "--threads", "1", "--output", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "edgepose.cli",
+        "train",
+        "kapao-t",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--imgsz",
+        "128",
+        "--batch",
+        "4",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--output",
+        str(out),
+    ]
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     from edgepose.models.checkpoints import load_checkpoint
@@ -397,6 +444,7 @@ def test_cli_trains_resumes_and_reports_mistakes_in_one_line(tmp_path):
     assert "edgepose train kapao-t" in torch.load(out / "last.pt", weights_only=True)["command"]
     res = subprocess.run(args, capture_output=True, text=True, timeout=120)  # a run is there already
     assert res.returncode != 0 and "--resume" in res.stderr and "Traceback" not in res.stderr
-    res = subprocess.run([*args[:-1], str(tmp_path / "none"), "--resume"], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [*args[:-1], str(tmp_path / "none"), "--resume"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode != 0 and "nothing to resume" in res.stderr and "Traceback" not in res.stderr
