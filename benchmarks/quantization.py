@@ -1,7 +1,7 @@
-"""INT8 against FP32 per target and model, in one interleaved run: README's quantization table.
+"""INT8 and FP16 against FP32 per target and model, in one interleaved run: README's quantization table.
 
-For each model: FP32 and INT8 bundles for ONNX Runtime (``cpu``) and OpenVINO (INT8 both ways: NNCF on
-the IR, and the Q/DQ ONNX converted to an IR). Each runtime's bundles are timed round-robin with
+For each model: FP32 and INT8 bundles for ONNX Runtime (``cpu``) and OpenVINO (FP16, and INT8 both ways:
+NNCF on the IR, and the Q/DQ ONNX converted to an IR). Each runtime's bundles are timed round-robin with
 ``edgepose bench``'s runner so noise hits them alike; the speed-up is the inference-stage p50 of FP32
 over INT8 on the same runtime. Models with trained weights (a checkpoint, or a zoo model that ships
 weights) are also scored: OKS AP on synthetic ``val-v1`` images from the evaluation stream, which
@@ -22,6 +22,7 @@ VARIANTS = (
     ("cpu", "fp32", None),
     ("cpu", "int8", None),
     ("openvino", "fp32", None),
+    ("openvino", "fp16", None),
     ("openvino", "int8", "nncf"),
     ("openvino", "int8", "qdq"),
 )
@@ -108,7 +109,7 @@ def main() -> None:
                 "int8_source": source,
                 "inference_p50_ms": infer,
                 "total_p50_ms": run["stages"]["total"]["p50"],
-                "speedup_vs_fp32": base_ms / infer,
+                "speedup_vs_fp32": base_ms / infer,  # FP16 and INT8 alike: over the same runtime's FP32
                 "AP": ap_value,
                 "AP_drop": None if ap_value is None or base_ap is None else base_ap - ap_value,
                 "busy": run["fingerprint"].get("busy"),

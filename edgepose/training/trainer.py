@@ -13,6 +13,9 @@ is AdamW (lr 0.002, no accumulation): training kapao-n from scratch on the synth
 its mean loss after 3,200 images was 0.222 against 0.272 for SGD without accumulation and 0.320 for
 SGD with the official accumulation to 64 (same data, seed and schedule).
 
+The forward runs in bf16 under autocast where the hardware computes bf16 natively (``--amp auto``,
+``edgepose.training.amp``): on this project's AMX Xeon a kapao-n epoch runs 1.7x faster end to end.
+
 Each epoch ends with an optimizer step (so no gradient is half-accumulated) and an atomic save of
 ``state.pt`` (model, EMA, optimizer, epoch, RNG, history); ``resume=True`` continues from it exactly.
 The EMA weights go to ``last.pt`` (and ``best.pt`` when validation improves) via ``save_checkpoint``.
