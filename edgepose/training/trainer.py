@@ -14,7 +14,7 @@ its mean loss after 3,200 images was 0.222 against 0.272 for SGD without accumul
 SGD with the official accumulation to 64 (same data, seed and schedule).
 
 The forward runs in bf16 under autocast where the hardware computes bf16 natively (``--amp auto``,
-``edgepose.training.amp``): on this project's AMX Xeon a kapao-n epoch runs 1.7x faster end to end.
+``edgepose.training.amp``); ``benchmarks/train_step.py`` measures what it gains (README, Performance).
 
 Each epoch ends with an optimizer step (so no gradient is half-accumulated) and an atomic save of
 ``state.pt`` (model, EMA, optimizer, epoch, RNG, history); ``resume=True`` continues from it exactly.
