@@ -82,7 +82,7 @@ def main() -> None:
             model.float().eval(),
             data,
             bundle.input_size,
-            bundle.manifest["decoder"],
+            bundle.decoder_config,
             bundle.skeleton.sigmas_array,
         )
         info = json.loads((data / "annotations.json").read_text())["info"]

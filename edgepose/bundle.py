@@ -80,6 +80,16 @@ class Bundle:
     def pad_value(self) -> int:
         return int(self.manifest["input"].get("pad_value", 114))
 
+    @property
+    def decoder_config(self) -> dict[str, Any]:
+        """The manifest's ``decoder`` section with files it names (DEKR's ``rescore_file``) resolved
+        against the bundle folder, so the decoder finds them wherever the bundle was copied."""
+        cfg = self.manifest["decoder"]
+        file = cfg.get("head", {}).get("rescore_file")
+        if file is None or Path(file).is_absolute():
+            return cfg
+        return {**cfg, "head": {**cfg["head"], "rescore_file": str(self.path / file)}}
+
     def artifact(self, role: str) -> Path:
         arts = self.manifest.get("artifacts", {})
         if role not in arts:

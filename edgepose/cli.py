@@ -74,6 +74,10 @@ def export(
     simplify: Annotated[bool, typer.Option(help="simplify the ONNX graph with onnxslim")] = True,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle folder")] = False,
     dynamic: Annotated[bool, typer.Option(help="variable input size (openvino; static is faster)")] = False,
+    rescore: Annotated[
+        Path | None,
+        typer.Option(help="DEKR: official final_rescore_*_kpt.pth to ship (the accuracy preset rescores)"),
+    ] = None,
     calib: Annotated[
         str | None,
         typer.Option(
@@ -113,6 +117,7 @@ def export(
             simplify=simplify,
             overwrite=overwrite,
             dynamic=dynamic,
+            rescore=rescore,
             calib=calib,
             calib_size=calib_size,
             calib_seed=calib_seed,

@@ -65,7 +65,7 @@ class PoseEstimator:
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.runtime = open_runtime(self.bundle, runtime, device, **(runtime_options or {}))
-        self.decoder = make_decoder(self.bundle.manifest["decoder"], preset, decoder_overrides)
+        self.decoder = make_decoder(self.bundle.decoder_config, preset, decoder_overrides)
         self.decoder.warmup()
         self.skeleton = self.bundle.skeleton
         self.input_size = self.bundle.input_size

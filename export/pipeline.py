@@ -47,6 +47,8 @@ class ExportOptions:
     skeleton: str | None = None
     overwrite: bool = False
     dynamic: bool = False
+    #: DEKR only: an official ``final_rescore_*_kpt.pth``, shipped in the bundle as ``rescore.npz``
+    rescore: Path | None = None
     # INT8 (see edgepose.calibration): calibration source, sample size and seed, method, gate
     calib: str | None = None
     calib_size: int = 300
@@ -196,8 +198,17 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
         raise UsageError(f"output {output} already exists; choose another --output or pass --overwrite")
     output_names = list(head["output_names"])
     decoder_cfg = decoder_config(resolved.family, head)
+    rescore = _rescore_net(opts.rescore, resolved.family, skeleton.num_keypoints)
 
     with tempfile.TemporaryDirectory(prefix="edgepose-export-") as tmpdir:
+        extra_artifacts: dict[str, Path] = {}
+        manifest_decoder = decoder_cfg
+        if rescore is not None:
+            # The export's own decoding (the INT8 gate) reads the file where it is now; the manifest
+            # names it relative to the bundle, which ``Bundle.decoder_config`` resolves on loading.
+            extra_artifacts["rescore"] = rescore.save(Path(tmpdir) / RESCORE_FILE)
+            decoder_cfg = _with_rescore_file(decoder_cfg, str(extra_artifacts["rescore"]))
+            manifest_decoder = _with_rescore_file(manifest_decoder, RESCORE_FILE)
         onnx_path = Path(tmpdir) / "model.onnx"
         log(f"exporting {resolved.name} at {size[0]}x{size[1]} to ONNX (opset {opts.opset})")
         export_model_copy = _fused_copy(model)
@@ -258,6 +269,7 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
                 "skeleton": skeleton.to_dict(),
                 "weights": resolved.weights["source"],
                 "checkpoint_sha256": resolved.weights["sha256"],
+                **({"rescore": str(opts.rescore)} if rescore is not None else {}),
             },
             "input": {
                 "name": "images",
@@ -273,7 +285,7 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
             },
             "outputs": [{"name": n, "meaning": m} for n, m in describe_outputs(decoder_cfg).items()],
             "float_outputs": output_names,
-            "decoder": decoder_cfg,
+            "decoder": manifest_decoder,
             "target": opts.target,
             "precision": opts.precision,
             "export": {
@@ -286,13 +298,32 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
             "calibration": None,
             **packaged.manifest,
         }
-        bundle = write_bundle(output, manifest, packaged.artifacts, overwrite=opts.overwrite)
+        artifacts = {**packaged.artifacts, **extra_artifacts}
+        bundle = write_bundle(output, manifest, artifacts, overwrite=opts.overwrite)
     log(f"bundle written to {bundle.path} ({sha256_file(bundle.artifact('model'))[:12]})")
     if packaged.build_plan:
         from edgepose.export.onnx2tensorrt import build_bundle_plan
 
         bundle = build_bundle_plan(bundle, log=log)
     return bundle
+
+
+RESCORE_FILE = "rescore.npz"
+
+
+def _rescore_net(path: Path | None, family: str, num_keypoints: int):
+    """The DEKR rescoring net of ``--rescore``, read (and checked) before anything is exported."""
+    if path is None:
+        return None
+    if family != "dekr":
+        raise UsageError(f"--rescore applies to DEKR models only; this is a {family} model")
+    from edgepose.models.dekr_checkpoints import load_rescore_checkpoint
+
+    return load_rescore_checkpoint(path, num_keypoints)
+
+
+def _with_rescore_file(cfg: dict[str, Any], file: str) -> dict[str, Any]:
+    return {**cfg, "head": {**cfg["head"], "rescore_file": file}}
 
 
 def _int8_settings(opts: ExportOptions, calibration, skeleton: Skeleton, workdir: Path) -> dict[str, Any]:

@@ -115,3 +115,68 @@ def test_conf_override_maps_to_the_family_threshold():
 
     cfg = decoder_config("dekr", build_model("dekr-t").head_spec())
     assert make_decoder(cfg, "realtime", {"conf": 0.33}).params.center_threshold == pytest.approx(0.33)
+
+
+# --- the rescoring net as a bundle artifact ---------------------------------------------------------
+
+
+def _official_rescore_file(path, features: int = 74):
+    """``final_rescore_coco_kpt.pth`` as the official code saves it: PredictOKSNet's l1/l2/l3 state dict."""
+    gen = torch.Generator().manual_seed(3)
+    shapes = {"l1": (256, features), "l2": (256, 256), "l3": (1, 256)}
+    state = {}
+    for name, (out, inp) in shapes.items():
+        state[f"{name}.weight"] = torch.randn(out, inp, generator=gen) * 0.1
+        state[f"{name}.bias"] = torch.randn(out, generator=gen) * 0.1
+    torch.save(state, path)
+    return path
+
+
+def test_rescore_net_ships_in_the_bundle_and_the_accuracy_preset_uses_it(tiny_bundle, tmp_path):
+    from edgepose.decoders.dekr_rescore import RescoreNet
+
+    pth = _official_rescore_file(tmp_path / "final_rescore_coco_kpt.pth")
+    out = tmp_path / "with-rescore"
+    opts = ExportOptions(model="dekr-t", random_weights=True, imgsz="256", output=out, rescore=pth)
+    bundle = export_model(opts, log=lambda *_: None)
+    # Moved after export: the manifest names the file relative to the bundle, wherever it lives.
+    moved = tmp_path / "elsewhere"
+    bundle.path.rename(moved)
+    bundle = load_bundle(moved)
+    assert bundle.manifest["decoder"]["head"]["rescore_file"] == "rescore.npz"
+    assert bundle.artifact("rescore") == moved / "rescore.npz"
+    assert bundle.decoder_config["head"]["rescore_file"] == str(moved / "rescore.npz")
+    assert bundle.manifest["model"]["rescore"] == str(pth)
+    image = sample_images(limit=1)[0]
+    with (
+        edgepose.load(tiny_bundle.path, preset="accuracy") as plain,
+        edgepose.load(moved, preset="accuracy") as ours,
+    ):
+        a, b = plain(image), ours(image)
+    # Same weights (same seed), same poses; only the scores differ, by the net's predicted OKS.
+    np.testing.assert_allclose(a.keypoints[..., :2], b.keypoints[..., :2], atol=1e-4)
+    net = RescoreNet.load(moved / "rescore.npz")
+    assert len(a) > 0 and not np.allclose(a.scores, b.scores)
+    assert net.num_features == 74
+
+
+def test_rescore_refuses_other_families_and_bad_files_before_exporting(tmp_path):
+    from edgepose.errors import CheckpointError, UsageError
+
+    pth = _official_rescore_file(tmp_path / "r.pth")
+    with pytest.raises(UsageError, match="--rescore applies to DEKR models only"):
+        export_model(
+            ExportOptions(
+                model="kapao-t", random_weights=True, imgsz="256", output=tmp_path / "k", rescore=pth
+            ),
+            log=lambda *_: None,
+        )
+    wrong = _official_rescore_file(tmp_path / "crowd.pth", features=59)  # a CrowdPose-14 net
+    with pytest.raises(CheckpointError, match="needs 74"):
+        export_model(
+            ExportOptions(
+                model="dekr-t", random_weights=True, imgsz="256", output=tmp_path / "d", rescore=wrong
+            ),
+            log=lambda *_: None,
+        )
+    assert not (tmp_path / "k").exists() and not (tmp_path / "d").exists()
