@@ -65,14 +65,29 @@ class Decoder:
         self._module.warmup(self.head)
 
 
-def decoder_config(family: str, head_spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The manifest's ``decoder`` section: head constants and every preset's parameters."""
+def decoder_config(
+    family: str,
+    head_spec: Mapping[str, Any],
+    preset_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The manifest's ``decoder`` section: head constants and every preset's parameters.
+
+    ``preset_overrides`` (preset -> parameters) are a model's own tuned values on top of the family's
+    presets (the zoo's ``ModelInfo.decoder``); the manifest records the result, so bundles stay
+    self-describing.
+    """
     mod = decoder_module(family)
     head = mod.Head.from_dict(dict(head_spec))
+    overrides = dict(preset_overrides or {})
+    unknown = set(overrides) - set(mod.PRESETS)
+    if unknown:
+        raise UsageError(
+            f"unknown decoder preset(s) {', '.join(sorted(unknown))}; use {', '.join(mod.PRESETS)}"
+        )
     return {
         "family": family,
         "head": head.to_dict(),
-        "presets": {name: p.to_dict() for name, p in mod.PRESETS.items()},
+        "presets": {name: p.replace(**overrides.get(name, {})).to_dict() for name, p in mod.PRESETS.items()},
         "default_preset": "realtime",
         "eval_preset": "accuracy",
     }

@@ -197,7 +197,7 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
     if output.exists() and any(output.iterdir()) and not opts.overwrite:
         raise UsageError(f"output {output} already exists; choose another --output or pass --overwrite")
     output_names = list(head["output_names"])
-    decoder_cfg = decoder_config(resolved.family, head)
+    decoder_cfg = decoder_config(resolved.family, head, _zoo_decoder_overrides(resolved.name))
     rescore = _rescore_net(opts.rescore, resolved.family, skeleton.num_keypoints)
 
     with tempfile.TemporaryDirectory(prefix="edgepose-export-") as tmpdir:
@@ -306,6 +306,12 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
 
         bundle = build_bundle_plan(bundle, log=log)
     return bundle
+
+
+def _zoo_decoder_overrides(name: str) -> dict[str, dict[str, Any]]:
+    from edgepose.models.zoo import ZOO
+
+    return ZOO[name].decoder if name in ZOO else {}
 
 
 RESCORE_FILE = "rescore.npz"

@@ -202,3 +202,26 @@ def test_runtime_options_reach_the_runtime(tiny_bundle):
     with edgepose.load(tiny_bundle, runtime_options={"threads": 1, "optimization": "basic"}, conf=0.4) as est:
         assert est.runtime.options == {"threads": 1, "optimization": "basic"}
         assert est.decoder.params.conf == pytest.approx(0.4)
+
+
+def test_a_zoo_models_tuned_decoder_values_reach_the_manifest(tmp_path, monkeypatch):
+    import dataclasses
+
+    from edgepose.errors import UsageError
+    from edgepose.families import decoder_config
+    from edgepose.models import zoo
+
+    tuned = dataclasses.replace(zoo.ZOO["kapao-t"], decoder={"accuracy": {"overwrite_tol": 20.0}})
+    monkeypatch.setitem(zoo.ZOO, "kapao-t", tuned)
+    bundle = export_model(
+        ExportOptions(model="kapao-t", random_weights=True, imgsz="256", output=tmp_path / "b"),
+        log=lambda *_: None,
+    )
+    presets = load_bundle(bundle.path).manifest["decoder"]["presets"]
+    assert presets["accuracy"]["overwrite_tol"] == 20.0
+    assert presets["realtime"]["overwrite_tol"] == 50.0  # the family's value: only the named preset changes
+    head = zoo.build_model("kapao-t").head_spec()
+    with pytest.raises(UsageError, match="unknown decoder preset"):
+        decoder_config("kapao", head, {"fastest": {"conf": 0.5}})
+    with pytest.raises(UsageError, match="unknown KAPAO decoder parameter"):
+        decoder_config("kapao", head, {"accuracy": {"radius": 3}})

@@ -43,6 +43,8 @@ class ModelInfo:
     config: dict[str, Any] = field(default_factory=dict)
     skeleton: str = "coco-17"
     description: str = ""
+    #: decoder preset -> parameters tuned for this model (on data its published figures never use)
+    decoder: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _kapao(
