@@ -52,7 +52,7 @@ class Int8Request:
     decoder_cfg: dict[str, Any]
     sigmas: np.ndarray
     calibration: CalibrationSet
-    method: str = "minmax"
+    method: str = "meanminmax"
     openvino_source: str = "nncf"
     validation: ValidationSet | None = None
     max_ap_drop: float | None = None

@@ -86,7 +86,12 @@ def export(
     ] = None,
     calib_size: Annotated[int, typer.Option(help="calibration images (a seeded sample)", min=1)] = 300,
     calib_seed: Annotated[int, typer.Option(help="seed of the calibration sample", min=0)] = 0,
-    calib_method: Annotated[str, typer.Option(help="minmax | entropy | percentile (cpu, jetson)")] = "minmax",
+    calib_method: Annotated[
+        str,
+        typer.Option(
+            help="meanminmax (mean of per-image ranges, as NNCF) | minmax | entropy | percentile (ORT Q/DQ)"
+        ),
+    ] = "meanminmax",
     int8_source: Annotated[
         str, typer.Option(help="openvino INT8: nncf (quantize the IR) | qdq (convert the Q/DQ ONNX)")
     ] = "nncf",

@@ -53,7 +53,7 @@ class ExportOptions:
     calib: str | None = None
     calib_size: int = 300
     calib_seed: int = 0
-    calib_method: str = "minmax"
+    calib_method: str = "meanminmax"
     int8_source: str = "nncf"
     val: str | None = None
     val_size: int = 100

@@ -75,7 +75,7 @@ def test_cpu_int8_is_qdq_with_a_float_tail_and_records_its_calibration(bundles):
     assert sum(quantized.values()) == len(quantized) - len(tail)  # every other convolution is INT8
     cal = m["calibration"]
     assert cal["kind"] == "synthetic" and cal["count"] == 12 and cal["held_back"] > 0
-    assert len(cal["sha256"]) == 64 and cal["method"] == "minmax" and cal["instruction_set"]
+    assert len(cal["sha256"]) == 64 and cal["method"] == "meanminmax" and cal["instruction_set"]
     assert cal["quantizer"]["per_channel"] is True and cal["quantizer"]["format"] == "QDQ"
     for key in ("matched", "mean_oks", "mean_keypoint_px", "mean_score_drift"):
         assert key in cal["agreement"]

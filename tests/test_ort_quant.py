@@ -1,0 +1,89 @@
+"""ONNX Runtime Q/DQ calibration: the mean-of-per-image-ranges estimator computes what it says, and its
+ranges (not ONNX Runtime's global extremes) are what the quantized graph's scales come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("onnxruntime")
+
+from edgepose.calibration.ort_quant import OrtQuantConfig, mean_minmax_ranges, quantize_onnx  # noqa: E402
+
+from edgepose.errors import UsageError  # noqa: E402
+
+SIZE = 8
+
+
+def _two_convs(path: Path) -> tuple[Path, np.ndarray]:
+    """images -> a = conv1x1(images) -> s = sigmoid(a) -> out = conv1x1(s): conv2 is the float tail."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(4, 3, 1, 1)).astype(np.float32)
+    w2 = rng.normal(size=(2, 4, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["images", "w1"], ["a"], name="conv1"),
+            helper.make_node("Sigmoid", ["a"], ["s"], name="sig"),
+            helper.make_node("Conv", ["s", "w2"], ["out"], name="conv2"),
+        ],
+        "two-convs",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, SIZE, SIZE])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path, w1.reshape(4, 3)
+
+
+def _images(n: int) -> list[np.ndarray]:
+    """Images whose extremes differ a lot from one to the next: one outlier image stretches MinMax."""
+    rng = np.random.default_rng(1)
+    out = [rng.uniform(0, 1, (1, 3, SIZE, SIZE)).astype(np.float32) for _ in range(n)]
+    out[0] *= 8.0
+    return out
+
+
+def _scale_of(model: onnx.ModelProto, tensor: str) -> float:
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    return float(init[q.input[1]])
+
+
+def test_ranges_are_the_mean_of_each_images_extremes(tmp_path):
+    path, w1 = _two_convs(tmp_path / "m.onnx")
+    images = _images(5)
+    ranges = mean_minmax_ranges(onnx.load(str(path)), "images", images)
+    a = [np.einsum("oc,nchw->nohw", w1, x) for x in images]
+    s = [1 / (1 + np.exp(-v)) for v in a]
+    for name, values in (("images", images), ("a", a), ("s", s)):
+        lo, hi = ranges[name]
+        assert lo == pytest.approx(np.mean([v.min() for v in values]), rel=1e-5)
+        assert hi == pytest.approx(np.mean([v.max() for v in values]), rel=1e-5)
+
+
+def test_quantized_scales_come_from_the_mean_ranges_not_the_extremes(tmp_path):
+    path, w1 = _two_convs(tmp_path / "m.onnx")
+    images = _images(5)
+    mean = quantize_onnx(path, tmp_path / "mean.onnx", "images", images, OrtQuantConfig(method="meanminmax"))
+    extreme = quantize_onnx(path, tmp_path / "ext.onnx", "images", images, OrtQuantConfig(method="minmax"))
+    a = [np.einsum("oc,nchw->nohw", w1, x) for x in images]
+    lo = min(float(np.mean([v.min() for v in a])), 0.0)
+    hi = max(float(np.mean([v.max() for v in a])), 0.0)
+    got = _scale_of(onnx.load(str(mean.path)), "a")
+    assert got == pytest.approx((hi - lo) / 255, rel=1e-4)  # uint8 asymmetric over the mean range
+    wide = _scale_of(onnx.load(str(extreme.path)), "a")
+    all_a = np.concatenate([v.ravel() for v in a])
+    assert wide == pytest.approx((max(all_a.max(), 0) - min(all_a.min(), 0)) / 255, rel=1e-4)
+    assert got < wide / 2  # the outlier image no longer sets the step for every image
+    assert mean.summary()["method"] == "meanminmax"
+
+
+def test_unknown_method_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown calibration method 'kl'.*meanminmax"):
+        OrtQuantConfig(method="kl")
