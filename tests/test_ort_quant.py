@@ -67,6 +67,31 @@ def test_ranges_are_the_mean_of_each_images_extremes(tmp_path):
         assert hi == pytest.approx(np.mean([v.max() for v in values]), rel=1e-5)
 
 
+def test_a_small_memory_budget_takes_more_passes_for_the_same_ranges(tmp_path, monkeypatch):
+    import onnxruntime as ort
+    from edgepose.calibration import ort_quant
+
+    path, _ = _two_convs(tmp_path / "m.onnx")
+    images = _images(3)
+    sessions = []
+    real = ort.InferenceSession
+
+    def counting(*args, **kwargs):
+        sessions.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", counting)
+    model = onnx.load(str(path))
+    one_pass = ort_quant.mean_minmax_ranges(model, "images", images)
+    assert len(sessions) == 1
+    # Each tensor is 3 or 4 x 8 x 8 floats (768-1024 bytes): a 1,100-byte budget fits one per pass.
+    per_tensor = ort_quant.mean_minmax_ranges(model, "images", images, max_bytes=1100)
+    assert len(sessions) == 1 + 4  # images, a, s, out
+    assert per_tensor.keys() == one_pass.keys()
+    for name, (lo, hi) in one_pass.items():
+        assert per_tensor[name] == pytest.approx((lo, hi), rel=1e-6)
+
+
 def test_quantized_scales_come_from_the_mean_ranges_not_the_extremes(tmp_path):
     path, w1 = _two_convs(tmp_path / "m.onnx")
     images = _images(5)
