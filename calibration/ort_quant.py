@@ -9,7 +9,7 @@ the float tail (``graph.float_tail``: the head convolutions that regress coordin
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,10 +191,13 @@ def quantize_onnx(
     tensors: Sequence[np.ndarray],
     config: OrtQuantConfig = OrtQuantConfig(),
     exclude: Sequence[str] = (),
+    ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> QuantizedOnnx:
     """Statically quantize ``fp32_onnx`` to a Q/DQ ONNX at ``output``, calibrated on ``tensors``.
 
-    ``exclude`` names extra layers to keep in float (the accuracy gate's sensitive layers).
+    ``exclude`` names extra layers to keep in float (the accuracy gate's sensitive layers). ``ranges``:
+    ``mean_minmax_ranges`` of the prepared model on ``tensors``, when the caller quantizes the same model
+    several times (the gate's rounds); computed here when None and the method needs them.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -202,8 +205,9 @@ def quantize_onnx(
         raise UsageError("quantization needs at least one calibration image")
     with tempfile.TemporaryDirectory(prefix="edgepose-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        onnx.save(prepare_for_quantization(fp32_onnx), str(prepared))
-        tail = float_tail(onnx.load(str(prepared)))
+        prepared_model = prepare_for_quantization(fp32_onnx)
+        onnx.save(prepared_model, str(prepared))
+        tail = float_tail(prepared_model)
         extra: dict[str, Any] = {
             "ActivationSymmetric": config.symmetric_activations,
             "WeightSymmetric": True,
@@ -213,7 +217,8 @@ def quantize_onnx(
         if config.method == "percentile":
             extra["CalibPercentile"] = config.percentile
         if config.method == "meanminmax":
-            ranges = mean_minmax_ranges(onnx.load(str(prepared)), input_name, tensors)
+            if ranges is None:
+                ranges = mean_minmax_ranges(prepared_model, input_name, tensors)
             # The quantized range must hold 0 (zero padding, ReLU-like floors): widen it to include 0.
             extra["TensorQuantOverrides"] = {
                 name: [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]

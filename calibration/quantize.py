@@ -27,7 +27,14 @@ import numpy as np
 import onnx
 from edgepose.calibration.data import CalibrationSet, calibration_tensors
 from edgepose.calibration.graph import float_tail
-from edgepose.calibration.ort_quant import TENSORRT_CONFIG, OrtQuantConfig, quantize_onnx
+from edgepose.calibration.ort_quant import (
+    TENSORRT_CONFIG,
+    OrtQuantConfig,
+    QuantizedOnnx,
+    mean_minmax_ranges,
+    prepare_for_quantization,
+    quantize_onnx,
+)
 from edgepose.calibration.validation import ValidationSet
 from edgepose.runtimes.base import Runtime, create_runtime
 
@@ -58,12 +65,24 @@ class Int8Request:
     max_ap_drop: float | None = None
     log: Callable[[str], None] = print
     _tail: list[str] | None = field(default=None, repr=False)
+    _ranges: dict[str, tuple[float, float]] | None = field(default=None, repr=False)
 
     def float_tail(self) -> list[str]:
         """The FP32 graph's float tail, read once however many gate rounds quantize it."""
         if self._tail is None:
             self._tail = float_tail(onnx.load(str(self.fp32_onnx)))
         return self._tail
+
+    def quantize(
+        self, tensors: Sequence[np.ndarray], output: Path, config: OrtQuantConfig, exclude: Sequence[str] = ()
+    ) -> QuantizedOnnx:
+        """``quantize_onnx`` of the FP32 model; the activation ranges of ``meanminmax`` are measured once
+        (they do not depend on which layers a gate round keeps in float)."""
+        if config.method == "meanminmax" and self._ranges is None:
+            prepared = prepare_for_quantization(self.fp32_onnx)
+            self._ranges = mean_minmax_ranges(prepared, self.input_name, tensors)
+        ranges = self._ranges if config.method == "meanminmax" else None
+        return quantize_onnx(self.fp32_onnx, output, self.input_name, tensors, config, exclude, ranges)
 
 
 @dataclass
@@ -108,7 +127,7 @@ def _build(
     work.mkdir(parents=True, exist_ok=True)
     if req.target in ("cpu", "jetson"):
         config = replace(OrtQuantConfig() if req.target == "cpu" else TENSORRT_CONFIG, method=req.method)
-        q = quantize_onnx(req.fp32_onnx, work / "model.onnx", req.input_name, tensors, config, exclude)
+        q = req.quantize(tensors, work / "model.onnx", config, exclude)
         return Int8Candidate({"model": q.path}, "onnxruntime", q.path, q.summary())
     if req.target == "openvino":
         from edgepose.calibration.openvino_quant import describe, nncf_quantizer
@@ -116,7 +135,7 @@ def _build(
 
         if req.openvino_source == "qdq":
             config = OrtQuantConfig(method=req.method)
-            q = quantize_onnx(req.fp32_onnx, work / "qdq.onnx", req.input_name, tensors, config, exclude)
+            q = req.quantize(tensors, work / "qdq.onnx", config, exclude)
             converted = onnx_to_openvino(q.path, work / "ir", "int8")
             quantizer = {**q.summary(), "openvino": "Q/DQ ONNX converted to IR"}
             model = q.path
@@ -271,7 +290,7 @@ def _rank(req: Int8Request, tensors: Sequence[np.ndarray], images: Sequence[np.n
         if req.target != "jetson"
         else replace(TENSORRT_CONFIG, method=req.method)
     )
-    q = quantize_onnx(req.fp32_onnx, qdq, req.input_name, tensors, config)
+    q = req.quantize(tensors, qdq, config)
     probe = list(calibration_tensors(images, req.input_size))
     full, ranked = rank_layers(q.path, req.fp32_onnx, req.input_name, probe)
     req.log(

@@ -112,3 +112,20 @@ def test_quantized_scales_come_from_the_mean_ranges_not_the_extremes(tmp_path):
 def test_unknown_method_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown calibration method 'kl'.*meanminmax"):
         OrtQuantConfig(method="kl")
+
+
+def test_gate_rounds_measure_the_ranges_once(tmp_path, monkeypatch):
+    from edgepose.calibration import quantize
+
+    path, _ = _two_convs(tmp_path / "m.onnx")
+    calls = []
+    real = quantize.mean_minmax_ranges
+    monkeypatch.setattr(quantize, "mean_minmax_ranges", lambda *a: calls.append(1) or real(*a))
+    req = quantize.Int8Request("cpu", path, tmp_path, "images", (SIZE, SIZE), {}, np.ones(1), None)
+    images = _images(3)
+    first = req.quantize(images, tmp_path / "r0.onnx", OrtQuantConfig())
+    again = req.quantize(images, tmp_path / "r1.onnx", OrtQuantConfig(), exclude=["sig"])
+    assert len(calls) == 1
+    assert _scale_of(onnx.load(str(first.path)), "a") == _scale_of(onnx.load(str(again.path)), "a")
+    req.quantize(images, tmp_path / "mm.onnx", OrtQuantConfig(method="minmax"))  # needs no ranges
+    assert len(calls) == 1

@@ -2,10 +2,10 @@
 
 On CPUs with native bfloat16 (AMX-BF16 or AVX-512 BF16: Sapphire Rapids and later Xeons) oneDNN runs
 the training step of kapao-n 1.88x faster than fp32 (batch 16 at 384x320 on the 2-core CI Xeon,
-``benchmarks/train_step.py``: 19.2 vs 36.1 images/s). Weights, optimizer state, EMA and the loss stay float32; only the
-forward's matmuls and convolutions run in bf16, which is what ``torch.autocast`` does. Without native
-bf16 oneDNN emulates it, slower than fp32, so ``auto`` turns it off there. On CUDA ``auto`` picks bf16
-where the GPU supports it (no loss scaling needed) and fp32 elsewhere.
+``benchmarks/train_step.py``: 19.2 vs 36.1 images/s). Weights, optimizer state, EMA and the loss stay
+float32; only the forward's matmuls and convolutions run in bf16, which is what ``torch.autocast``
+does. Without native bf16 oneDNN emulates it, slower than fp32, so ``auto`` turns it off there. On CUDA
+``auto`` picks bf16 where the GPU supports it (no loss scaling needed) and fp32 elsewhere.
 """
 
 from __future__ import annotations
