@@ -4,7 +4,7 @@ Exports the checkpoint to a CPU bundle (ONNX Runtime), evaluates OKS AP on `val-
 that training never uses, and evaluates the torch model on the same images with the same numba decoder,
 so the two figures differ only by the export. This is what the model cards and README report.
 
-    python benchmarks/eval_reference.py --model kapao-n --imgsz 384x320 --seed 1000 --images 250
+    python benchmarks/eval_reference.py --model kapao-n --seed 1000 --images 250
     python benchmarks/eval_reference.py --model kapao-n --weights runs/kapao-n/best.pt --data DIR
 """
 
@@ -43,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="kapao-n")
     ap.add_argument("--weights", type=Path, help="checkpoint (default: the weights shipped in the package)")
-    ap.add_argument("--imgsz", default="384x320")
+    ap.add_argument("--imgsz", help="input WxH (default: the zoo model's default input)")
     ap.add_argument("--data", type=Path, help="a val-v1 folder from `edgepose synth` (default: generate one)")
     ap.add_argument(
         "--seed", type=int, default=1000, help="val-v1 stream when generating (training never uses it)"
@@ -89,7 +89,7 @@ def main() -> None:
     result = {
         "model": args.model,
         "weights": str(weights),
-        "imgsz": args.imgsz,
+        "imgsz": "x".join(map(str, bundle.input_size)),
         "data": {
             "profile": info.get("profile"),
             "seed": args.seed if args.data is None else None,
@@ -102,7 +102,7 @@ def main() -> None:
         "eval_seconds_onnxruntime": round(t1 - t0, 1),
     }
     print(
-        f"{args.model} at {args.imgsz} on {result['data']['images']} val-v1 images "
+        f"{args.model} at {result['imgsz']} on {result['data']['images']} val-v1 images "
         f"(stream {args.seed}, never used in training)"
     )
     print(f"{'':12s}" + "".join(f"{k:>8s}" for k in torch_fig))

@@ -8,7 +8,8 @@ weights) are also scored: OKS AP on synthetic ``val-v1`` images from the evaluat
 training never draws from.
 
     python benchmarks/quantization.py                                   # kapao-s 640, random weights
-    python benchmarks/quantization.py --models kapao-s:640 kapao-n:384x320 --ap-images 250 --json q.json
+    python benchmarks/quantization.py --models kapao-s:640 kapao-n:512x384 --ap-images 250 --json q.json
+    python benchmarks/quantization.py --models kapao-n --ap-images 250 --calib-methods meanminmax minmax
 """
 
 from __future__ import annotations
@@ -18,14 +19,23 @@ import json
 import tempfile
 from pathlib import Path
 
-VARIANTS = (
-    ("cpu", "fp32", None),
-    ("cpu", "int8", None),
-    ("openvino", "fp32", None),
-    ("openvino", "fp16", None),
-    ("openvino", "int8", "nncf"),
-    ("openvino", "int8", "qdq"),
-)
+
+def variants(calib_methods: list[str]) -> list[tuple[str, str, str | None, str | None]]:
+    """(target, precision, OpenVINO INT8 source, ONNX Runtime calibration method) per bundle to build.
+
+    ONNX Runtime's Q/DQ gets one INT8 bundle per calibration method, so their AP can be compared in one
+    run; the Q/DQ ONNX that OpenVINO converts uses the first method.
+    """
+    rows: list[tuple[str, str, str | None, str | None]] = [("cpu", "fp32", None, None)]
+    rows += [("cpu", "int8", None, method) for method in calib_methods]
+    rows += [
+        ("openvino", "fp32", None, None),
+        ("openvino", "fp16", None, None),
+        ("openvino", "int8", "nncf", None),
+        ("openvino", "int8", "qdq", calib_methods[0]),
+    ]
+    return rows
+
 DEFAULT_MODELS = ("kapao-s:640",)
 
 
@@ -42,6 +52,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--calib-size", type=int, default=64, help="synthetic calibration images")
     ap.add_argument("--ap-images", type=int, default=0, help="val-v1 images for AP (trained models only)")
+    ap.add_argument(
+        "--calib-methods",
+        nargs="+",
+        default=["meanminmax"],
+        help="ORT calibration methods, an INT8 cpu bundle each: meanminmax minmax entropy percentile",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -61,8 +77,9 @@ def main() -> None:
         for spec in args.models:
             name, _, imgsz = spec.rpartition(":") if spec.count(":") else (spec, "", "")
             trained = _has_weights(name)
-            for target, precision, source in VARIANTS:
-                out = Path(tmp) / f"{Path(name).stem}-{target}-{precision}-{source or 'default'}"
+            for target, precision, source, method in variants(args.calib_methods):
+                tag = "-".join(x for x in (source, method) if x) or "default"
+                out = Path(tmp) / f"{Path(name).stem}-{target}-{precision}-{tag}"
                 int8 = precision == "int8"
                 opts = ExportOptions(
                     model=name,
@@ -73,11 +90,12 @@ def main() -> None:
                     output=out,
                     calib="synthetic" if int8 else None,
                     calib_size=args.calib_size,
+                    calib_method=method or "meanminmax",
                     int8_source=source or "nncf",
                 )
                 export_model(opts, log=lambda m: None)
                 bundles.append(out)
-                labels.append((Path(name).stem, imgsz, target, precision, source))
+                labels.append((Path(name).stem, imgsz, target, precision, source, method))
                 ap_value = None
                 if val is not None and trained:
                     ap_value = run_bundle_eval(out, val / "annotations.json", val / "images")["AP"]
@@ -94,7 +112,7 @@ def main() -> None:
                 runs[i] = run
     machine = machine_summary()
     rows, fp32 = [], {}
-    for (name, imgsz, target, precision, source), run, ap_value in zip(labels, runs, aps):
+    for (name, imgsz, target, precision, source, method), run, ap_value in zip(labels, runs, aps):
         infer = run["stages"]["inference"]["p50"]
         if precision == "fp32":
             fp32[(name, target)] = (infer, ap_value)
@@ -107,6 +125,7 @@ def main() -> None:
                 "runtime": run["runtime"],
                 "precision": precision,
                 "int8_source": source,
+                "calib_method": method,
                 "inference_p50_ms": infer,
                 "total_p50_ms": run["stages"]["total"]["p50"],
                 "speedup_vs_fp32": base_ms / infer,  # FP16 and INT8 alike: over the same runtime's FP32
@@ -120,7 +139,8 @@ def main() -> None:
     print("| model | input | runtime | precision | inference p50 (ms) | speed-up vs FP32 | AP | AP drop |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        precision = r["precision"] + (f" ({r['int8_source']})" if r["int8_source"] else "")
+        how = ", ".join(x for x in (r["int8_source"], r["calib_method"]) if x)
+        precision = r["precision"] + (f" ({how})" if how else "")
         cells = (
             r["model"],
             r["imgsz"],

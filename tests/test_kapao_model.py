@@ -273,7 +273,7 @@ def test_zoo_matches_published_kapao_sizes():
         assert round(info.params / 1e6, 1) == millions
         assert info.default_imgsz == (1280, 1280)
     assert get_model_info("kapao-n").weights == "shipped: edgepose/weights/kapao-n.pt"
-    assert get_model_info("kapao-n").default_imgsz == (640, 640)
+    assert get_model_info("kapao-n").default_imgsz == (512, 384)
     assert get_model_info("kapao-t").default_imgsz == (256, 256)
 
 

@@ -489,16 +489,21 @@ def _sha256(p: Path) -> str:
     return h.hexdigest()
 
 
-def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True) -> Path:
+def release_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, half: bool = True, command: str | None = None
+) -> Path:
     """A checkpoint fit to ship: the model's weights (fp16 by default) and its provenance, nothing else.
 
     Optimizer state, EMA copies and RNG state are training-only (YOLOv5's ``strip_optimizer`` does the
     same); the training command, wall time, metrics and config stay so the file says how it was made.
+    ``command`` replaces the stored command when that is only the last ``--resume`` of a longer chain.
     """
     model, info = load_checkpoint(src)
     raw = read_checkpoint(src)
     keep = ("command", "wall_time_s", "train", "metrics", "epoch")
     extra = {k: raw[k] for k in keep if isinstance(raw, dict) and k in raw}
+    if command is not None:
+        extra["command"] = command
     if half:
         model = model.half()
     return save_checkpoint(dst, model, info["name"], released_from=str(info["sha256"]), **extra)
