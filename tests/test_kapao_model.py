@@ -216,8 +216,38 @@ def test_fuse_keeps_outputs(kapao_t):
         model.fuse()
         after = model(x)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert model.model[0].folded and model.model[0].conv.conv.kernel_size == (6, 6)
     for a, b in zip(before, after, strict=True):
         assert (a - b).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_focus_folds_into_one_strided_convolution(k):
+    from edgepose.models.yolo_blocks import Focus
+
+    g = torch.Generator().manual_seed(k)
+    focus = Focus(3, 8, k).eval()
+    focus.conv.conv.weight.data.normal_(0, 1, generator=g)
+    focus.conv.bn.running_mean.normal_(0, 0.2, generator=g)
+    x = torch.rand(2, 3, 24, 40, generator=g)
+    with torch.no_grad():
+        before = focus(x)
+        focus.fold_()
+        after = focus(x)
+    assert focus.conv.conv.kernel_size == (2 * k, 2 * k) and focus.conv.conv.stride == (2, 2)
+    assert before.shape == after.shape == (2, 8, 12, 20)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)  # a wrong tap moves outputs by ~1
+
+
+def test_exported_kapao_graph_has_no_slices(tmp_path):
+    """The folded stem reaches ONNX as a Conv: runtimes no longer slice the input four times."""
+    onnx = pytest.importorskip("onnx")
+    from edgepose.export.torch2onnx import torch_to_onnx
+
+    model = build_model("kapao-t").fuse()
+    path = torch_to_onnx(model, (128, 64), tmp_path / "m.onnx", ["p3", "p4", "p5", "p6"])
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Slice" not in ops and ops[0] == "Conv"
 
 
 # --- config -----------------------------------------------------------------------------------------

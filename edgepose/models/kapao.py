@@ -232,11 +232,14 @@ class KapaoModel(nn.Module):
             "layout": "B,A,H,W,C",
         }
 
-    def fuse(self) -> KapaoModel:
-        """Fold every BatchNorm into its convolution for export; switches to eval mode."""
+    def fuse(self, fold_focus: bool = True) -> KapaoModel:
+        """Fold every BatchNorm into its convolution, and the Focus stem into one strided convolution
+        (``fold_focus``), for export; switches to eval mode."""
         self.eval()
         for m in self.modules():
-            if isinstance(m, Conv):
+            if isinstance(m, Focus) and fold_focus:
+                m.fold_()
+            elif isinstance(m, Conv):
                 m.fuse_()
         return self
 
