@@ -522,6 +522,9 @@ def bench(
     db: Annotated[Path | None, typer.Option(help="append the runs to this SQLite benchmark history")] = None,
     images: Annotated[Path | None, typer.Option(help="folder of images to cycle (default: samples)")] = None,
     preset: Annotated[str, typer.Option(help="decoder preset: realtime | accuracy")] = "realtime",
+    block: Annotated[
+        int, typer.Option(help="latency mode: frames each bundle runs before the next (1: alternate)")
+    ] = 1,
 ) -> None:
     """Latency per stage (pre-processing, inference, post-processing) of each BUNDLE on this machine."""
     from rich.console import Console
@@ -547,6 +550,7 @@ def bench(
         device=device,
         images=images,
         preset=preset,
+        block=block,
     )
     console = _console()
     with Progress(transient=True, console=console, disable=not console.is_terminal) as bar:

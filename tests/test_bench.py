@@ -124,12 +124,42 @@ def test_stages_add_up_and_timer_overhead_is_small(bundles):
     assert overhead_ms < 0.01 * st["total"]["p50"], (overhead_ms, st["total"]["p50"])
 
 
+def test_latency_blocks_run_each_bundle_back_to_back(bundles):
+    """--block N: N frames on one bundle, then N on the next; every bundle gets exactly --iters frames."""
+    import edgepose
+    from edgepose.samples import sample_images
+
+    order: list[str] = []
+
+    class Recorded:
+        def __init__(self, est, name: str) -> None:
+            self._est, self._name = est, name
+            self.input_size = est.input_size
+
+        def preprocess(self, *args):
+            return self._est.preprocess(*args)
+
+        def infer(self, batch):
+            order.append(self._name)
+            return self._est.infer(batch)
+
+        def postprocess(self, *args):
+            return self._est.postprocess(*args)
+
+    with edgepose.load(bundles["cpu"]) as a, edgepose.load(bundles["openvino"]) as b:
+        targets = [Recorded(a, "a"), Recorded(b, "b")]
+        res = measure_latency(targets, FrameCycle(sample_images()), warmup=0, iters=7, block=3)
+    timed = "".join(order[2:])  # after each bundle's first frame
+    assert timed == "aaabbbaaabbbab" and [r.iterations for r in res] == [7, 7]
+
+
 def test_bad_inputs_are_one_sentence(bundles, tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:
         _one_line_error(_cli("bench", str(bundles["jetson"]), "--iters", "2"), "TensorRT")
     _one_line_error(_cli("bench", str(bundles["cpu"]), "--iters", "0"), "--iters")
+    _one_line_error(_cli("bench", str(bundles["cpu"]), "--iters", "2", "--block", "0"), "--block")
     _one_line_error(
         _cli("bench", str(bundles["cpu"]), "--throughput", "--iters", "2"), "onnxruntime", "--throughput"
     )

@@ -39,6 +39,7 @@ class BenchOptions:
     device: str | None = None
     images: Path | None = None
     preset: str = "realtime"
+    block: int = 1  # latency mode: frames per bundle before the next takes over
 
 
 def load_frames(folder: Path | None, limit: int = 16) -> list[np.ndarray]:
@@ -65,6 +66,8 @@ def _check_options(opts: BenchOptions) -> None:
     check_budget(opts.iters, opts.seconds, opts.warmup)
     if opts.batch < 1:
         raise UsageError(f"--batch must be 1 or more, not {opts.batch}")
+    if opts.block < 1:
+        raise UsageError(f"--block must be 1 or more frames, not {opts.block}")
     if opts.throughput and opts.batch != 1:
         raise UsageError("--throughput keeps single frames in flight; leave out --batch")
     if opts.throughput:
@@ -129,7 +132,14 @@ def run_bench(
             )
         else:
             results = measure_latency(
-                estimators, frames, opts.warmup, opts.iters, opts.seconds, batch=opts.batch, progress=progress
+                estimators,
+                frames,
+                opts.warmup,
+                opts.iters,
+                opts.seconds,
+                batch=opts.batch,
+                progress=progress,
+                block=opts.block,
             )
         load_end = fpr.load_now()
         if fpr.is_busy(load_end, cores) and not fpr.is_busy(load_start, cores):
@@ -151,6 +161,7 @@ def run_bench(
                     "timer_overhead_ms": overhead_ms,
                     "iterations": res.iterations,
                     "warmup": opts.warmup,
+                    "block": None if opts.throughput else opts.block,
                     "batch": opts.batch,
                     "requests": res.requests,
                     "preset": opts.preset,
