@@ -108,9 +108,16 @@ def package_openvino(ctx: ExportContext) -> TargetResult:
 
     if ctx.precision == "int8":
         result = _int8(ctx, "openvino")
+        with OpenVinoRuntime(result.artifacts["ir"], device="CPU", precision="int8") as rt:
+            float_layers = rt.effective_precision()
         result.manifest["openvino"] = {
             **result.manifest.get("openvino", {}),
-            "note": "INT8 layers run as integer kernels; the float tail and excluded layers run in f32",
+            "cpu_float_layer_precision": float_layers,
+            "note": (
+                "INT8 layers run as integer kernels; the float tail and excluded layers run bf16 on CPUs "
+                "that compute bf16 natively, f32 elsewhere (runtime option float_precision=f32 forces "
+                f"f32); on the export CPU: {float_layers}"
+            ),
         }
         return result
     converted = onnx_to_openvino(ctx.onnx_path, ctx.workdir / "ir", ctx.precision, dynamic=ctx.dynamic)

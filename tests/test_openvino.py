@@ -122,13 +122,27 @@ def test_export_refuses_bad_precisions(tiny, tmp_path):
 
 # -- runtime ---------------------------------------------------------------------------------------------
 def test_precision_is_pinned_not_left_to_the_cpu(tiny):
-    """CPUs with bf16/AMX default to bf16; every bundle precision compiles with an explicit f32 on CPU."""
-    assert compute_hint("fp32", "CPU") == compute_hint("fp16", "CPU") == "f32"
+    """CPUs with bf16/AMX default to bf16; fp32 and fp16 bundles compile with an explicit f32 on CPU."""
+    assert compute_hint("fp32", "CPU", True) == compute_hint("fp16", "CPU", True) == "f32"
     assert compute_hint("fp32", "GPU") == "f32" and compute_hint("fp16", "GPU") == "f16"
-    for precision in ("fp32", "fp16", "int8"):
+    for precision in ("fp32", "fp16"):
         with create_runtime("openvino", tiny[0], precision=precision) as rt:
             hint = rt._compiled.get_property("INFERENCE_PRECISION_HINT")
             assert hint.get_type_name() == "f32" and rt.effective_precision() == "fp32"
+
+
+def test_int8_float_layers_run_bf16_only_where_the_cpu_computes_it(tiny):
+    """INT8 bundles: bf16 float layers on AMX / AVX512-BF16 CPUs (what the gate measured), else f32."""
+    assert compute_hint("int8", "CPU", native_bf16=True) == "bf16"
+    assert compute_hint("int8", "CPU", native_bf16=False) == "f32"
+    assert compute_hint("int8", "CPU", native_bf16=True, float_precision="f32") == "f32"
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    with create_runtime("openvino", tiny[0], precision="int8") as rt:
+        assert rt.effective_precision() == ("bf16" if native else "fp32")
+    with create_runtime("openvino", tiny[0], precision="int8", float_precision="f32") as rt:
+        assert rt.effective_precision() == "fp32"
+    with pytest.raises(UsageError, match="float_precision"):
+        create_runtime("openvino", tiny[0], precision="int8", float_precision="fp8")
 
 
 def test_devices_that_do_not_exist_are_named_with_the_alternatives(tiny):

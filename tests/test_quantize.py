@@ -102,6 +102,8 @@ def test_openvino_int8_ir_has_fake_quantize_except_the_tail(bundles):
     with edgepose.load(bundles["openvino"], preset="accuracy") as est:
         assert est.runtime.name == "openvino"
         est.predict_file(sample_image_paths()[0])
+        # the manifest says what the export CPU ran the float layers in: what the gate measured
+        assert b.manifest["openvino"]["cpu_float_layer_precision"] == est.runtime.effective_precision()
 
 
 def test_jetson_int8_is_a_symmetric_qdq_onnx_checked_in_onnxruntime(bundles):
