@@ -120,27 +120,11 @@ def run_bench(
                 "figures will be slower and noisier than on an idle machine"
             )
         overhead_ms = timer_overhead_ns() / 1e6
+        budget = (estimators, frames, opts.warmup, opts.iters, opts.seconds)
         if opts.throughput:
-            results = measure_throughput(
-                estimators,
-                frames,
-                opts.warmup,
-                opts.iters,
-                opts.seconds,
-                requests=opts.requests,
-                progress=progress,
-            )
+            results = measure_throughput(*budget, requests=opts.requests, progress=progress)
         else:
-            results = measure_latency(
-                estimators,
-                frames,
-                opts.warmup,
-                opts.iters,
-                opts.seconds,
-                batch=opts.batch,
-                progress=progress,
-                block=opts.block,
-            )
+            results = measure_latency(*budget, batch=opts.batch, progress=progress, block=opts.block)
         load_end = fpr.load_now()
         if fpr.is_busy(load_end, cores) and not fpr.is_busy(load_start, cores):
             log(f"warning: the machine became busy during the run (load average {load_end} on {cores} cores)")
