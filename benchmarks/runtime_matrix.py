@@ -5,7 +5,10 @@ then times them all with ``edgepose bench``'s runner, round-robin, so machine no
 alike. Reported per bundle: p50 of inference and of the whole frame (pre + inference + post), FPS,
 and the inference ratio to the model's ONNX Runtime fp32 bundle.
 
-    python benchmarks/runtime_matrix.py            # kapao-n 640, kapao-s 640, dekr-n 512, sahr-n 512
+Bundles alternate in blocks of ``--block`` frames (10), so each is timed with warm caches and ONNX
+Runtime's spinning threads and OpenVINO's pool do not trade the cores every call.
+
+    python benchmarks/runtime_matrix.py            # kapao-n 512x384, kapao-s 640, dekr-n 512, sahr-n 512
     python benchmarks/runtime_matrix.py --models kapao-s:640 --iters 100 --json matrix.json
 """
 
@@ -17,14 +20,15 @@ import tempfile
 from pathlib import Path
 
 VARIANTS = (("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "fp16"))
-DEFAULT_MODELS = ("kapao-n:640", "kapao-s:640", "dekr-n:512", "sahr-n:512")
+DEFAULT_MODELS = ("kapao-n:512x384", "kapao-s:640", "dekr-n:512", "sahr-n:512")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="zoo name:imgsz")
-    ap.add_argument("--iters", type=int, default=60, help="timed rounds (each runs every bundle once)")
+    ap.add_argument("--iters", type=int, default=60, help="timed frames per bundle")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--block", type=int, default=10, help="frames each bundle runs before the next")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -50,7 +54,9 @@ def main() -> None:
                 export_model(opts, log=lambda m: None)
                 bundles.append(out)
                 labels.append((name, imgsz, target, precision))
-        runs = run_bench(BenchOptions(bundles=bundles, warmup=args.warmup, iters=args.iters))
+        runs = run_bench(
+            BenchOptions(bundles=bundles, warmup=args.warmup, iters=args.iters, block=args.block)
+        )
     machine = machine_summary()
     rows, base = [], {}
     for (name, imgsz, target, precision), run in zip(labels, runs):
@@ -71,7 +77,8 @@ def main() -> None:
             }
         )
     cpu = machine["cpu"]
-    print(f"{cpu['model']}, {cpu['cores']} cores ({', '.join(cpu['isa'])}); {args.iters} interleaved rounds")
+    isa = ", ".join(cpu["isa"])
+    print(f"{cpu['model']}, {cpu['cores']} cores ({isa}); {args.iters} frames each, blocks of {args.block}")
     header = (
         "model",
         "input",
