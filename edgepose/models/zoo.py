@@ -8,6 +8,7 @@ when a model is built. Other families (``dekr``, ``sahr``) add their entries and
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,36 +73,29 @@ def _kapao(
     )
 
 
-def _dekr(
-    name: str, imgsz: int, params: int, gflops: float, weights: str, description: str, **config: Any
-) -> ModelInfo:
-    return ModelInfo(
-        name=name,
-        family="dekr",
-        num_keypoints=17,
-        default_imgsz=(imgsz, imgsz),
-        params=params,
-        gflops=gflops,
-        weights=weights,
-        config=config,
-        description=description,
-    )
+def _hrnet(family: str) -> Callable[..., ModelInfo]:
+    """Entry maker for an HRNet family (``dekr``, ``sahr``): square input, COCO-17, config as given."""
+
+    def make(
+        name: str, imgsz: int, params: int, gflops: float, weights: str, description: str, **config: Any
+    ) -> ModelInfo:
+        return ModelInfo(
+            name=name,
+            family=family,
+            num_keypoints=17,
+            default_imgsz=(imgsz, imgsz),
+            params=params,
+            gflops=gflops,
+            weights=weights,
+            config=config,
+            description=description,
+        )
+
+    return make
 
 
-def _sahr(
-    name: str, imgsz: int, params: int, gflops: float, weights: str, description: str, **config: Any
-) -> ModelInfo:
-    return ModelInfo(
-        name=name,
-        family="sahr",
-        num_keypoints=17,
-        default_imgsz=(imgsz, imgsz),
-        params=params,
-        gflops=gflops,
-        weights=weights,
-        config=config,
-        description=description,
-    )
+_dekr = _hrnet("dekr")
+_sahr = _hrnet("sahr")
 
 
 _DEKR_TINY = {"stem_channels": 16, "stem_blocks": 1, "num_modules": (1, 1, 1), "num_blocks": (1, 1, 1)}
