@@ -22,8 +22,8 @@ op (a Sub and a Div on constants), so a runtime feeds RGB / 255 exactly as for e
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from edgepose.models.hrnet import (
     BasicBlock,
     HRNet,
     HRNetConfig,
+    TrunkConfigDict,
     concat_branches,
     fold_batchnorms,
     make_layer,
@@ -48,11 +49,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class DekrConfig:
+class DekrConfig(TrunkConfigDict):
     """Everything that shapes a DEKR network; stored in edgepose checkpoints as a plain dict.
 
     Defaults are the official W32 COCO experiment (``w32_4x_reg03_bs10_512_adam_lr1e-3_coco_x140.yaml``).
     """
+
+    LABEL: ClassVar[str] = "DEKR"
 
     name: str = "dekr-w32"
     num_keypoints: int = 17
@@ -82,19 +85,6 @@ class DekrConfig:
         return HRNetConfig(
             self.width, self.stem_channels, self.stem_blocks, self.num_modules, self.num_blocks
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["num_modules"] = list(self.num_modules)
-        d["num_blocks"] = list(self.num_blocks)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DekrConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise UsageError(f"unknown DEKR config field(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(d))
 
 
 class GroupedOffsetHead(nn.Module):

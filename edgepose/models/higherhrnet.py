@@ -26,8 +26,8 @@ runtime feeds RGB / 255 as for every family.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ from edgepose.models.hrnet import (
     BasicBlock,
     HRNet,
     HRNetConfig,
+    TrunkConfigDict,
     fold_batchnorms,
 )
 
@@ -51,13 +52,15 @@ SCALE_KERNEL = 9
 
 
 @dataclass(frozen=True)
-class SahrConfig:
+class SahrConfig(TrunkConfigDict):
     """Everything that shapes the network; stored in edgepose checkpoints as a plain dict.
 
     Defaults are SWAHR's W32 COCO experiment (``w32_512_adam_lr1e-3.yaml``). ``scale_aware=False`` is
     HigherHRNet (no scale branches). ``detection_threshold`` is the experiment's TEST.DETECTION_THRESHOLD,
     which the decoder's accuracy preset uses (SWAHR W32: 0.12; SWAHR W48 and HigherHRNet: 0.1).
     """
+
+    LABEL: ClassVar[str] = "SAHR"
 
     name: str = "sahr-w32"
     num_keypoints: int = 17
@@ -102,19 +105,6 @@ class SahrConfig:
             self.num_blocks,
             last_multi_scale=False,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["num_modules"] = list(self.num_modules)
-        d["num_blocks"] = list(self.num_blocks)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SahrConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise UsageError(f"unknown SAHR config field(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(d))
 
 
 def _deconv_padding(kernel: int) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
@@ -162,8 +162,31 @@ class HighResolutionModule(nn.Module):
         return out
 
 
+class TrunkConfigDict:
+    """``to_dict``/``from_dict`` for the frozen configs that carry an HRNet trunk's stage tuples.
+
+    Checkpoints store configs as plain dicts: the tuples become lists, and ``from_dict`` refuses keys
+    the config does not have (a checkpoint of another family or version must not load half-understood).
+    """
+
+    LABEL: ClassVar[str] = "HRNet"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        d["num_modules"] = list(d["num_modules"])
+        d["num_blocks"] = list(d["num_blocks"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        unknown = set(d) - set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        if unknown:
+            raise UsageError(f"unknown {cls.LABEL} config field(s): {', '.join(sorted(unknown))}")
+        return cls(**dict(d))
+
+
 @dataclass(frozen=True)
-class HRNetConfig:
+class HRNetConfig(TrunkConfigDict):
     """The trunk's shape. Branch widths are ``width * (1, 2, 4, 8)``; HRNet-W32 is the default.
 
     stem_channels/stem_blocks: layer1's Bottleneck planes and count (official: 64 and 4, so 256 out).
@@ -205,14 +228,9 @@ class HRNetConfig:
     def out_channels(self) -> tuple[int, ...]:
         return self.stage_channels(4) if self.last_multi_scale else (self.width,)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["num_modules"] = list(self.num_modules)
-        d["num_blocks"] = list(self.num_blocks)
-        return d
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> HRNetConfig:
+        """Lenient: a family config's dict holds the trunk fields among its own."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
