@@ -7,7 +7,7 @@ not depend on the weights, so the model has random weights; the figures are infe
 of round-robin rounds over one runtime's variants at a time (2 threads).
 
     python benchmarks/int8_variants.py                       # kapao-s at 640
-    python benchmarks/int8_variants.py --model kapao-n --imgsz 384x320 --json variants.json
+    python benchmarks/int8_variants.py --model kapao-n --imgsz 512x384 --iters 40 --block 10
 """
 
 from __future__ import annotations
@@ -32,16 +32,20 @@ ORT_VARIANTS = {
 OV_VARIANTS = ("nncf performance (default)", "nncf mixed", "ORT Q/DQ ONNX -> IR")
 
 
-def _time_round_robin(runners: dict[str, callable], iters: int, warmup: int) -> dict[str, float]:
+def _time_round_robin(
+    runners: dict[str, callable], iters: int, warmup: int, block: int = 1
+) -> dict[str, float]:
+    """Median ms per runner; runners take turns, ``block`` calls each (warm caches, shared noise)."""
     for run in runners.values():
         for _ in range(warmup):
             run()
     times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(iters):
+    for _ in range(0, iters, block):
         for name, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t0)
     return {k: float(np.median(v)) * 1000 for k, v in times.items()}
 
 
@@ -53,6 +57,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--calib-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block", type=int, default=1, help="calls per variant before the next (1: alternate)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -112,7 +117,7 @@ def main() -> None:
         medians = {}
         for runtime in ("onnxruntime", "openvino"):
             mine = {k: v for k, v in runners.items() if k[0] == runtime}
-            medians.update(_time_round_robin(mine, args.iters, args.warmup))
+            medians.update(_time_round_robin(mine, args.iters, args.warmup, args.block))
         for rt in runtimes:
             rt.close()
 
