@@ -58,7 +58,18 @@ def kapao_n_bundles(tmp_path_factory) -> dict[str, Path]:
     for target in ("cpu", "openvino"):
         out[target] = root / target
         export_model(ExportOptions(model="kapao-n", target=target, output=out[target]), log=lambda m: None)
+    out["openvino-fp16"] = root / "openvino-fp16"
+    export_model(
+        ExportOptions(model="kapao-n", target="openvino", precision="fp16", output=out["openvino-fp16"]),
+        log=lambda m: None,
+    )
     return out
+
+
+@pytest.fixture(scope="module")
+def published_val(tmp_path_factory) -> Path:
+    """The 250 `val-v1` images of the published stream the card's AP is measured on."""
+    return generate_dataset(tmp_path_factory.mktemp("val") / "val", 250, EVAL_STREAM, "val-v1")
 
 
 def test_openvino_gives_the_cpu_bundle_poses_on_val_v1(kapao_n_bundles):
@@ -84,11 +95,20 @@ def test_openvino_gives_the_cpu_bundle_poses_on_val_v1(kapao_n_bundles):
         assert people >= 6, "the trained model should find people on six val-v1 images"
 
 
-def test_cpu_bundle_ap_matches_the_model_card(kapao_n_bundles, tmp_path):
+def _ap(bundle: Path, data: Path) -> float:
+    return run_bundle_eval(bundle, data / "annotations.json", data / "images")["AP"]
+
+
+def test_cpu_bundle_ap_matches_the_model_card(kapao_n_bundles, published_val):
     """The card's AP is what the exported CPU bundle scores on the published stream (issue: within 0.03)."""
     card = shipped_weights_path("kapao-n").with_suffix(".md").read_text()
     row = re.search(r"^\| AP \| AP50 .*\n\|[-| ]+\n\| ([0-9.]+) \|", card, re.MULTILINE)
     assert row, "the card has an AP table"
-    data = generate_dataset(tmp_path / "val", 250, EVAL_STREAM, "val-v1")
-    measured = run_bundle_eval(kapao_n_bundles["cpu"], data / "annotations.json", data / "images")["AP"]
-    assert abs(measured - float(row.group(1))) <= 0.03
+    assert abs(_ap(kapao_n_bundles["cpu"], published_val) - float(row.group(1))) <= 0.03
+
+
+def test_openvino_fp16_keeps_the_fp32_ap(kapao_n_bundles, published_val):
+    """fp16 weights (on a CPU: stored fp16, computed f32) cost at most 0.005 AP against the fp32 IR."""
+    fp32 = _ap(kapao_n_bundles["openvino"], published_val)
+    fp16 = _ap(kapao_n_bundles["openvino-fp16"], published_val)
+    assert fp32 > 0.2 and abs(fp16 - fp32) <= 0.005, (fp32, fp16)
