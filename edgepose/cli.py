@@ -34,7 +34,7 @@ def models() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgepose.models.zoo import ZOO
+    from edgepose.models.zoo import ZOO, weights_status
 
     table = Table(title="edgepose model zoo")
     for col in ("name", "family", "keypoints", "default input", "params (M)", "GFLOPs", "weights"):
@@ -48,7 +48,7 @@ def models() -> None:
             f"{w}x{h}",
             f"{info.params / 1e6:.2f}",
             f"{info.gflops:.1f}",
-            info.weights,
+            weights_status(info.name),
         )
     Console().print(table)
 

@@ -101,7 +101,13 @@ def resolve_model(
 ) -> ResolvedModel:
     """Build the torch model with the weights the options ask for, refusing silent random weights."""
     from edgepose.models.checkpoints import load_checkpoint
-    from edgepose.models.zoo import ZOO, build_model, get_model_info, shipped_weights_path
+    from edgepose.models.zoo import (
+        ZOO,
+        build_model,
+        get_model_info,
+        shipped_weights_path,
+        weights_status,
+    )
 
     as_path = Path(opts.model)
     if opts.model not in ZOO and (as_path.suffix in (".pt", ".pth") or as_path.exists()):
@@ -134,8 +140,8 @@ def resolve_model(
     shipped = shipped_weights_path(info.name)
     if shipped is None:
         raise UsageError(
-            f"{info.name} has no weights shipped with edgepose: pass --weights CKPT "
-            f"(official weights: {info.weights}) or --random-weights for latency work"
+            f"{info.name} has no weights in this package ({weights_status(info.name)}): pass --weights "
+            "CKPT, or --random-weights for latency work"
         )
     module, ck = load_checkpoint(shipped, arch=info.name)
     return ResolvedModel(

@@ -314,6 +314,15 @@ def test_shipped_weights_path():
     assert path is None if not expected.is_file() else path == expected
 
 
+def test_models_table_says_which_reference_weights_exist():
+    from edgepose.models.zoo import weights_status
+
+    assert weights_status("kapao-n") == "shipped: edgepose/weights/kapao-n.pt"
+    assert weights_status("kapao-s").startswith("official: kapao_s_coco.pt")
+    if shipped_weights_path("sahr-n") is None:
+        assert weights_status("sahr-n") == "not trained yet; will ship as edgepose/weights/sahr-n.pt"
+
+
 def test_unknown_model_name():
     with pytest.raises(UsageError, match=r"unknown model 'kapao-xl'; known: .*kapao-s"):
         get_model_info("kapao-xl")

@@ -270,6 +270,15 @@ def shipped_weights_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def weights_status(name: str) -> str:
+    """What ``edgepose models`` says of a model's weights: a reference model whose file is not in the
+    package yet is named as such, not as shipped."""
+    info = get_model_info(name)
+    if info.weights.startswith("shipped: ") and shipped_weights_path(name) is None:
+        return "not trained yet; will ship as " + info.weights.removeprefix("shipped: ")
+    return info.weights
+
+
 def build_from_config(family: str, config: dict[str, Any]) -> nn.Module:
     """Build a model of ``family`` from its full config mapping (as stored in edgepose checkpoints)."""
     target = FAMILY_BUILDERS.get(family)
