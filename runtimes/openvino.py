@@ -6,9 +6,9 @@ bundle compiles with ``INFERENCE_PRECISION_HINT`` f32. An fp16 bundle (IR with f
 f16 where the device does (GPU; NPU always does); a CPU only decompresses those weights and keeps f32
 arithmetic. An INT8 bundle's float layers (the head and whatever the quantizer left in float) run bf16 on
 CPUs that compute bf16 natively and f32 elsewhere (``float_precision`` ``auto``; ``f32`` forces f32): the
-INT8 accuracy gate measures AP this way on the export machine, and on kapao-n at 512x384 it costs 0.002 AP
-and turns a 1.6x INT8 speed-up into 1.8x. ``effective_precision()`` reports what the compiled model really
-uses, for manifests and ``edgepose doctor``.
+INT8 accuracy gate measures AP this way on the export machine; on kapao-n at 512x384 it cost at most
+0.002 AP and lifted the INT8 speed-up from about 1.6x to 1.7-1.8x. ``effective_precision()`` reports
+what the compiled model really uses, for manifests and ``edgepose doctor``.
 
 Options: ``precision`` (``fp32|fp16|int8``: the bundle's, default fp32), ``float_precision`` (INT8 bundles
 on a CPU: ``auto`` or ``f32``), ``hint`` (``latency`` default, or
