@@ -78,6 +78,8 @@ def main() -> None:
         onnx_fig = run_bundle_eval(bundle_dir, data / "annotations.json", data / "images")
         t1 = time.perf_counter()
         model, _ = load_checkpoint(weights, arch=args.model)
+        if hasattr(model, "use_export_layout"):  # the raw output layout the bundle's decoder reads
+            model.use_export_layout()
         torch_fig = torch_ap(
             model.float().eval(),
             data,

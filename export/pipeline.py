@@ -189,6 +189,8 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
         requested_size = parse_imgsz(opts.imgsz, stride=1)  # the model's own multiple is checked below
     resolved = resolve_model(opts, images, requested_size)
     model = resolved.module.float().eval()
+    if hasattr(model, "use_export_layout"):  # KAPAO: raw outputs in the convolution's order, no Transpose
+        model.use_export_layout()
     head = model.head_spec()
     max_stride = int(head.get("input_multiple") or max(head["strides"]))
     if requested_size is not None:

@@ -326,6 +326,44 @@ def test_mapping_outputs_follow_output_names_or_grid_size():
     assert_same(decode(anonymous, META_RECT, PRESETS["realtime"], head), ref)
 
 
+def _channel_major(head: KapaoHead) -> KapaoHead:
+    return KapaoHead(head.strides, head.anchors, head.num_keypoints, head.output_names, "B,A,C,H,W")
+
+
+@pytest.mark.parametrize("preset", ["accuracy", "realtime"])
+def test_channel_major_outputs_decode_like_the_training_layout(preset):
+    """Exported graphs end at (1, A, C, H, W): same poses, read in place, whatever the output order."""
+    head = make_head()
+    levels = random_levels(5, head)
+    ref = both(levels, PRESETS[preset], head, META_RECT)
+    cm_head = _channel_major(head)
+    cm = [np.ascontiguousarray(lv.transpose(0, 1, 4, 2, 3)) for lv in levels]
+    assert_same(both(cm, PRESETS[preset], cm_head, META_RECT), ref)
+    named = {n: lv for n, lv in zip(reversed(NAMES), reversed(cm))}  # found by grid size, not channels
+    assert_same(
+        decode({f"o{i}": v for i, v in enumerate(named.values())}, META_RECT, PRESETS[preset], cm_head), ref
+    )
+    np.testing.assert_array_equal(decode_grid(cm, cm_head), decode_grid(levels, head))
+
+
+def test_channel_major_one_cell_grid_and_wrong_layout():
+    """A 1x1 grid's transposed view is contiguous, the others are not: still one array type for numba."""
+    head = _channel_major(make_head())
+    tiny = [np.full((1, 3, head.no, 8 // (2**i), 8 // (2**i)), -8.0, np.float32) for i in range(4)]
+    tiny[0][0, 0, 4, 2, 3] = 8.0
+    tiny[0][0, 0, 5, 2, 3] = 8.0
+    poses = decode(tiny, META, PRESETS["accuracy"], head)
+    assert len(poses) == 1
+    with pytest.raises(BundleError, match=r"57, H, W"):  # training-layout tensors under a channel-major head
+        decode(blank(make_head()), META, PRESETS["realtime"], head)
+    assert KapaoHead.from_dict(head.to_dict()) == head and head.to_dict()["layout"] == "B,A,C,H,W"
+    assert (
+        KapaoHead.from_dict({k: v for k, v in head.to_dict().items() if k != "layout"}).layout == "B,A,H,W,C"
+    )
+    with pytest.raises(UsageError, match="layout"):
+        KapaoHead((8,), np.array(ANCHORS[:1]), 17, (), "H,W,C")
+
+
 def test_bad_outputs_and_parameters_are_refused():
     head = make_head()
     levels = blank(head)

@@ -64,9 +64,13 @@ def test_onnx_has_raw_head_outputs_and_metadata(tiny_bundle):
     proto = onnx.load(str(tiny_bundle / "model.onnx"))
     assert proto.opset_import[0].version >= 17
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta["model"] == "kapao-t" and json.loads(meta["head"])["num_keypoints"] == 17
+    head = json.loads(meta["head"])
+    assert meta["model"] == "kapao-t" and head["num_keypoints"] == 17
+    # channel-major (B, A, C, H, W): the head convolutions' own order, so the graph ends without Transposes
+    assert head["layout"] == "B,A,C,H,W"
     outs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
-    assert outs["p3"] == [1, 3, 32, 32, 57] and outs["p6"] == [1, 3, 4, 4, 57]
+    assert outs["p3"] == [1, 3, 57, 32, 32] and outs["p6"] == [1, 3, 57, 4, 4]
+    assert "Transpose" not in {n.op_type for n in proto.graph.node}
     assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
 
 

@@ -221,6 +221,22 @@ def test_fuse_keeps_outputs(kapao_t):
         assert (a - b).abs().max().item() < 1e-5
 
 
+def test_export_layout_is_the_training_layout_transposed(kapao_t):
+    model = copy.deepcopy(kapao_t).eval()
+    x = torch.rand(1, 3, 128, 192, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        train_out = model(x)
+        train_dec = model.decode(train_out)
+        assert model.head_spec()["layout"] == "B,A,H,W,C"
+        export_out = model.use_export_layout()(x)
+        export_dec = model.decode(export_out)
+    assert model.head_spec()["layout"] == "B,A,C,H,W"
+    for a, b in zip(train_out, export_out, strict=True):
+        assert b.shape == (1, 3, 57, *a.shape[2:4])
+        torch.testing.assert_close(b.permute(0, 1, 3, 4, 2), a, rtol=0, atol=0)
+    torch.testing.assert_close(export_dec, train_dec, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_focus_folds_into_one_strided_convolution(k):
     from edgepose.models.yolo_blocks import Focus

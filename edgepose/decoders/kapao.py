@@ -38,6 +38,8 @@ from edgepose.preprocess import LetterboxMeta
 CLIP_MODES = ("all", "official", "none")
 
 LevelOutputs = Sequence[np.ndarray] | Mapping[str, np.ndarray]
+#: raw output axis orders the decoder reads (see ``KapaoHead.layout``)
+LAYOUTS = ("B,A,H,W,C", "B,A,C,H,W")
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,12 +47,15 @@ class KapaoHead:
     """The Detect head's constants, as the bundle manifest stores them.
 
     anchors: (nl, na, 2) anchor (w, h) in input pixels. output_names: the ONNX outputs, P3 first.
+    layout: the raw outputs' axis order, ``B,A,H,W,C`` (training, the official Detect) or ``B,A,C,H,W``
+    (edgepose exports: the convolution's own order, no Transpose in the graph).
     """
 
     strides: tuple[int, ...]
     anchors: np.ndarray
     num_keypoints: int
     output_names: tuple[str, ...] = ()
+    layout: str = "B,A,H,W,C"
     _strides_f64: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +71,8 @@ class KapaoHead:
             )
         if any(s <= 0 or s != float(v) for s, v in zip(strides, self.strides)) or k < 1:
             raise UsageError("KAPAO strides must be positive integers and num_keypoints at least 1")
+        if self.layout not in LAYOUTS:
+            raise UsageError(f"KAPAO output layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         names = tuple(str(n) for n in self.output_names)
         if names and len(names) != len(strides):
             raise UsageError(f"KAPAO head lists {len(names)} output names for {len(strides)} levels")
@@ -80,6 +87,10 @@ class KapaoHead:
             ("_strides_f64", strides_f64),
         ):
             object.__setattr__(self, name, value)
+
+    @property
+    def channel_major(self) -> bool:
+        return self.layout == "B,A,C,H,W"
 
     @property
     def nl(self) -> int:
@@ -108,6 +119,7 @@ class KapaoHead:
             np.asarray(d["anchors"]),
             d["num_keypoints"],
             tuple(d.get("output_names") or ()),
+            str(d.get("layout") or "B,A,H,W,C"),  # bundles from before the layout was recorded
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,13 +128,16 @@ class KapaoHead:
             "anchors": self.anchors.tolist(),
             "num_keypoints": self.num_keypoints,
             "output_names": list(self.output_names),
+            "layout": self.layout,
         }
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, KapaoHead) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash((self.strides, self.anchors.tobytes(), self.num_keypoints, self.output_names))
+        return hash(
+            (self.strides, self.anchors.tobytes(), self.num_keypoints, self.output_names, self.layout)
+        )
 
 
 @dataclass(frozen=True)
@@ -204,15 +219,20 @@ PRESETS: dict[str, KapaoParams] = {
 
 
 def ordered_levels(outputs: LevelOutputs, head: KapaoHead) -> tuple[np.ndarray, ...]:
-    """The head outputs as a tuple of C-contiguous float32 ``(1, na, H, W, no)`` arrays, P3 first.
+    """The head outputs as a tuple of float32 ``(1, na, H, W, no)`` arrays, P3 first.
 
     A mapping is read in ``head.output_names`` order when it has those names, else finest grid first.
+    Channel-major outputs (``B,A,C,H,W``) come back as transposed views, not copies: the kernels index
+    them in place, and the objectness channel they scan is then contiguous.
     """
+    grid_axes = slice(3, 5) if head.channel_major else slice(2, 4)
     if isinstance(outputs, Mapping):
         if head.output_names and all(n in outputs for n in head.output_names):
             arrays = [outputs[n] for n in head.output_names]
         else:
-            items = sorted(outputs.items(), key=lambda kv: (-int(np.prod(np.shape(kv[1])[2:4])), kv[0]))
+            items = sorted(
+                outputs.items(), key=lambda kv: (-int(np.prod(np.shape(kv[1])[grid_axes])), kv[0])
+            )
             arrays = [v for _, v in items]
     else:
         arrays = list(outputs)
@@ -225,12 +245,18 @@ def ordered_levels(outputs: LevelOutputs, head: KapaoHead) -> tuple[np.ndarray, 
         a = np.ascontiguousarray(a, dtype=np.float32)
         if a.ndim == 4:
             a = a[None]
-        if a.ndim != 5 or a.shape[0] != 1 or a.shape[1] != head.na or a.shape[4] != head.no:
+        channels = a.shape[2] if head.channel_major else a.shape[-1]
+        if a.ndim != 5 or a.shape[0] != 1 or a.shape[1] != head.na or channels != head.no:
+            expected = "{no}, H, W" if head.channel_major else "H, W, {no}"
             raise BundleError(
-                f"KAPAO output {i} has shape {a.shape}, expected (1, {head.na}, H, W, {head.no}) for a head "
-                f"with {head.num_keypoints} keypoints; the bundle's model and manifest do not match"
+                f"KAPAO output {i} has shape {a.shape}, expected (1, {head.na}, "
+                f"{expected.format(no=head.no)}) for a head with {head.num_keypoints} keypoints; the "
+                "bundle's model and manifest do not match"
             )
-        levels.append(a)
+        levels.append(a.transpose(0, 1, 3, 4, 2) if head.channel_major else a)
+    if head.channel_major and len({lv.flags.c_contiguous for lv in levels}) > 1:
+        # a 1x1 grid's view counts as contiguous; numba needs one array type for the whole tuple
+        levels = [np.ascontiguousarray(lv) for lv in levels]
     return tuple(levels)
 
 
@@ -300,19 +326,23 @@ def _scan(levels, strides, anchors, nk, pre_logit, thr_person, thr_kp):
     n = 0
     for lvl in range(len(levels)):
         lv = levels[lvl]
-        na, hh, ww, no = lv.shape[1], lv.shape[2], lv.shape[3], lv.shape[4]
-        flat = lv.reshape((na * hh * ww, no))
+        na, hh, ww = lv.shape[1], lv.shape[2], lv.shape[3]
         s = strides[lvl]
+        # (a, gy, gx) indexing works on C arrays and on the transposed views of channel-major outputs
         for r in range(na * hh * ww):
-            t = flat[r, 4]
+            a = r // (hh * ww)
+            gy = (r // ww) % hh
+            gx = r % ww
+            cell = lv[0, a, gy, gx]
+            t = cell[4]
             if not t > pre_logit:
                 continue
             best = 0
-            best_logit = flat[r, 5]
+            best_logit = cell[5]
             for c in range(1, nc):
-                if flat[r, 5 + c] > best_logit:
+                if cell[5 + c] > best_logit:
                     best = c
-                    best_logit = flat[r, 5 + c]
+                    best_logit = cell[5 + c]
             thr = thr_person if best == 0 else thr_kp
             obj = _sigmoid(np.float64(t))
             if not obj > thr:
@@ -320,13 +350,10 @@ def _scan(levels, strides, anchors, nk, pre_logit, thr_person, thr_kp):
             conf = obj * _sigmoid(np.float64(best_logit))
             if not conf > thr:
                 continue
-            a = r // (hh * ww)
-            gy = (r // ww) % hh
-            gx = r % ww
-            cx = (2.0 * _sigmoid(np.float64(flat[r, 0])) - 0.5 + gx) * s
-            cy = (2.0 * _sigmoid(np.float64(flat[r, 1])) - 0.5 + gy) * s
-            bw = (2.0 * _sigmoid(np.float64(flat[r, 2]))) ** 2 * anchors[lvl, a, 0]
-            bh = (2.0 * _sigmoid(np.float64(flat[r, 3]))) ** 2 * anchors[lvl, a, 1]
+            cx = (2.0 * _sigmoid(np.float64(cell[0])) - 0.5 + gx) * s
+            cy = (2.0 * _sigmoid(np.float64(cell[1])) - 0.5 + gy) * s
+            bw = (2.0 * _sigmoid(np.float64(cell[2]))) ** 2 * anchors[lvl, a, 0]
+            bh = (2.0 * _sigmoid(np.float64(cell[3]))) ** 2 * anchors[lvl, a, 1]
             where[n, 0] = lvl
             where[n, 1] = a
             where[n, 2] = gy
@@ -490,7 +517,7 @@ def warmup(head: KapaoHead) -> None:
             lv[0, a, 0, 0, 5 + a % head.nc] = 8.0
         lv[..., :4] = 0.0
         lv[..., 5 + head.nc :] = 0.0
-        levels.append(lv)
+        levels.append(np.ascontiguousarray(lv.transpose(0, 1, 4, 2, 3)) if head.channel_major else lv)
     side = 2 * max(head.strides)
     meta = LetterboxMeta(1.0, (0.0, 0.0), (side, side), (side, side))
     for params in PRESETS.values():
@@ -505,9 +532,10 @@ Params = KapaoParams
 def describe_outputs(head: KapaoHead) -> dict[str, str]:
     """What each raw output holds, for the bundle manifest."""
     k = head.num_keypoints
+    channels = f"5 box/obj + {1 + k} classes + {2 * k} keypoint coords"
+    axes = f"{channels}, H, W" if head.channel_major else f"H, W, {channels}"
     return {
-        name: f"Detect raw logits at stride {int(s)}: (1, {head.na} anchors, H, W, 5 box/obj + "
-        f"{1 + k} classes + {2 * k} keypoint coords)"
+        name: f"Detect raw logits at stride {int(s)}: (1, {head.na} anchors, {axes})"
         for name, s in zip(head.output_names, head.strides)
     }
 

@@ -163,6 +163,8 @@ class Detect(nn.Module):
         self.register_buffer("anchors", anchors_px / stride)
         self.register_buffer("anchor_grid", anchors_px.clone().view(self.nl, 1, self.na, 1, 1, 2))
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
+        #: export form: (B, A, C, H, W) as the convolution writes it, with no Transpose in the graph
+        self.channel_major = False
         self._init_biases(strides)
 
     def _init_biases(self, strides: tuple[int, ...]) -> None:
@@ -178,5 +180,6 @@ class Detect(nn.Module):
         for conv, x in zip(self.m, xs, strict=True):
             y = conv(x)
             bs, _, ny, nx = y.shape
-            out.append(y.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous())
+            y = y.view(bs, self.na, self.no, ny, nx)
+            out.append(y if self.channel_major else y.permute(0, 1, 3, 4, 2).contiguous())
         return out

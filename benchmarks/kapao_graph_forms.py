@@ -1,11 +1,14 @@
-"""KAPAO's Focus stem folded into one convolution at export, against the four strided slices it replaces.
+"""KAPAO's exported graph, form by form: what each export-time rewrite buys on each runtime.
 
-Exports the same fused model twice (``KapaoModel.fuse(fold_focus=True|False)``), checks that both ONNX
-files give the same raw outputs, and times them in ONNX Runtime and in OpenVINO (f32), the two forms
-alternating in blocks of ``--block`` calls so noise hits both alike. Inference only, median per form.
+Three forms of the same fused model: the v5.0 Focus stem as four strided slices with the training
+output layout (``slices``: edgepose's export before these rewrites), the stem folded into one 6x6
+stride-2 convolution (``folded``), and folded with channel-major outputs, so the graph ends at the head
+convolutions without a Transpose per level (``channel-major``: what edgepose exports now). Checks that
+all three give the same raw outputs, then times them in ONNX Runtime and OpenVINO (f32), the forms
+alternating in blocks of ``--block`` calls so noise hits all alike. Inference only, median per form.
 
-    python benchmarks/focus_fold.py                          # kapao-n 512x384 and kapao-s 640
-    python benchmarks/focus_fold.py --models kapao-n:512x384 --iters 100 --json fold.json
+    python benchmarks/kapao_graph_forms.py                   # kapao-n 512x384 and kapao-s 640
+    python benchmarks/kapao_graph_forms.py --models kapao-n:512x384 --iters 100 --json forms.json
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+FORMS = ("slices", "folded", "channel-major")
 
 
 def _sessions(path: Path, threads: int) -> dict:
@@ -66,45 +71,51 @@ def main() -> None:
             base = build_model(name).eval()
             x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
             forms = {}
-            for fold in (False, True):
-                model = copy.deepcopy(base).fuse(fold_focus=fold)
-                onnx_path = Path(tmp) / f"{name}-{fold}.onnx"
+            for form in FORMS:
+                model = copy.deepcopy(base).fuse(fold_focus=form != "slices")
+                if form == "channel-major":
+                    model.use_export_layout()
+                onnx_path = Path(tmp) / f"{name}-{form}.onnx"
                 path = torch_to_onnx(model, (w, h), onnx_path, ["p3", "p4", "p5", "p6"])
-                forms["folded" if fold else "slices"] = _sessions(path, args.threads)
+                forms[form] = _sessions(path, args.threads)
             ref = forms["slices"]["onnxruntime"](x)
-            got = forms["folded"]["onnxruntime"](x)
-            max_diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+            max_diff = 0.0
+            for form in FORMS[1:]:
+                got = forms[form]["onnxruntime"](x)
+                if form == "channel-major":
+                    got = [g.transpose(0, 1, 3, 4, 2) for g in got]
+                max_diff = max(max_diff, *(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
             for runtime in ("onnxruntime", "openvino"):
-                times: dict[str, list[float]] = {"slices": [], "folded": []}
+                times: dict[str, list[float]] = {form: [] for form in FORMS}
                 for form in times:  # warm-up
                     for _ in range(5):
                         forms[form][runtime](x)
-                while len(times["folded"]) < args.iters:
+                while len(times["slices"]) < args.iters:
                     for form, samples in times.items():
                         for _ in range(args.block):
                             t0 = time.perf_counter()
                             forms[form][runtime](x)
                             samples.append((time.perf_counter() - t0) * 1e3)
-                before, after = (statistics.median(times[f]) for f in ("slices", "folded"))
+                medians = {form: statistics.median(t) for form, t in times.items()}
                 rows.append(
                     {
                         "model": name,
                         "imgsz": f"{w}x{h}",
                         "runtime": runtime,
-                        "slices_ms": before,
-                        "folded_ms": after,
-                        "speedup": before / after,
+                        **{f"{form}_ms": ms for form, ms in medians.items()},
+                        "speedup": medians["slices"] / medians["channel-major"],
                         "max_output_diff": max_diff,
                     }
                 )
     machine = machine_summary()
     print(f"{machine['cpu']['model']}, {machine['cpu']['cores']} cores; {args.threads} threads")
-    print("| model | input | runtime | Focus slices p50 | folded conv p50 | speed-up | max output diff |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | input | runtime | slices p50 | folded p50 | channel-major p50 | speed-up | max diff |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        cells = [f"{r[f'{form}_ms']:.1f} ms" for form in FORMS]
         print(
-            f"| {r['model']} | {r['imgsz']} | {r['runtime']} | {r['slices_ms']:.1f} ms "
-            f"| {r['folded_ms']:.1f} ms | {r['speedup']:.2f}× | {r['max_output_diff']:.1e} |"
+            f"| {r['model']} | {r['imgsz']} | {r['runtime']} | {' | '.join(cells)} "
+            f"| {r['speedup']:.2f}× | {r['max_output_diff']:.1e} |"
         )
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
