@@ -13,9 +13,7 @@ become a numpy ``RescoreNet`` (``edgepose.decoders.dekr_rescore``) that a bundle
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,30 +23,21 @@ import torch
 from edgepose.decoders.dekr_rescore import LAYERS, RescoreNet, feature_size
 from edgepose.errors import CheckpointError, UsageError
 from edgepose.models.dekr import DekrConfig, DekrModel
+from edgepose.models.state_dicts import (
+    count_indices,
+    load_state_file,
+    load_strict,
+    official_info,
+    unwrap_state_dict,
+)
 from edgepose.models.zoo import ZOO, get_model_info
 
 #: a key only DEKR state dicts have
 MARKER = "offset_feature_layers.0.0.transform_matrix_conv.weight"
 
 
-def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
-    """The tensor state dict inside ``obj`` (plain, ``{"state_dict": ...}``, ``module.`` keys), or None."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj:
-        return None
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        return None
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
 def is_dekr_state(state: Mapping[str, Any]) -> bool:
     return MARKER in state
-
-
-def _count(state: Mapping[str, Any], pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.fullmatch(k))})
 
 
 def infer_config(state: Mapping[str, torch.Tensor], name: str, source: str) -> DekrConfig:
@@ -60,17 +49,19 @@ def infer_config(state: Mapping[str, torch.Tensor], name: str, source: str) -> D
             num_keypoints=k,
             width=int(state["transition1.0.0.weight"].shape[0]),
             stem_channels=int(state["conv1.weight"].shape[0]),
-            stem_blocks=_count(state, r"layer1\.(\d+)\.conv1\.weight"),
+            stem_blocks=count_indices(state, r"layer1\.(\d+)\.conv1\.weight"),
             num_modules=tuple(
-                _count(state, rf"stage{s}\.(\d+)\.branches\.0\.0\.conv1\.weight") for s in (2, 3, 4)
+                count_indices(state, rf"stage{s}\.(\d+)\.branches\.0\.0\.conv1\.weight") for s in (2, 3, 4)
             ),
             num_blocks=tuple(
-                _count(state, rf"stage{s}\.0\.branches\.0\.(\d+)\.conv1\.weight") for s in (2, 3, 4)
+                count_indices(state, rf"stage{s}\.0\.branches\.0\.(\d+)\.conv1\.weight") for s in (2, 3, 4)
             ),
             heatmap_channels=int(state["transition_heatmap.0.weight"].shape[0]),
-            heatmap_blocks=_count(state, r"head_heatmap\.0\.(\d+)\.conv1\.weight"),
+            heatmap_blocks=count_indices(state, r"head_heatmap\.0\.(\d+)\.conv1\.weight"),
             offset_channels=int(state[MARKER].shape[1]),
-            offset_blocks=_count(state, r"offset_feature_layers\.0\.(\d+)\.transform_matrix_conv\.weight"),
+            offset_blocks=count_indices(
+                state, r"offset_feature_layers\.0\.(\d+)\.transform_matrix_conv\.weight"
+            ),
             final_kernel=int(state["head_heatmap.1.weight"].shape[-1]),
         )
     except (KeyError, IndexError, UsageError) as e:
@@ -88,13 +79,6 @@ def _zoo_name(cfg: DekrConfig) -> str:
         if all(theirs[k] == v for k, v in mine.items()):
             return info.name
     return "dekr-custom"
-
-
-def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str, source: str) -> None:
-    """Strict load with one sentence for the first difference (the loader every family shares)."""
-    from edgepose.models.checkpoints import load_state_strict  # lazy: checkpoints imports this module lazily
-
-    load_state_strict(model, state, name, source)
 
 
 def load_dekr_state(
@@ -117,29 +101,14 @@ def load_dekr_state(
     model = DekrModel(cfg)
     load_strict(model, state, name, source)
     model.float().eval()
-    return model, {
-        "format": "dekr-official",
-        "name": name,
-        "family": "dekr",
-        "num_keypoints": cfg.num_keypoints,
-        "epoch": None,
-        "weights": "model",
-    }
+    return model, official_info("dekr-official", name, "dekr", cfg.num_keypoints)
 
 
 def load_dekr_checkpoint(
     path: str | os.PathLike, arch: str | None = None
 ) -> tuple[DekrModel, dict[str, Any]]:
     """An official (or any plain state-dict) DEKR file -> (model, info)."""
-    from edgepose.models.checkpoints import read_checkpoint
-
-    p = Path(path)
-    state = unwrap_state_dict(read_checkpoint(p))
-    if state is None or not is_dekr_state(state):
-        raise CheckpointError(f"checkpoint '{p}' is not a DEKR state dict (no '{MARKER}')")
-    model, info = load_dekr_state(state, arch, str(p))
-    info["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return model, info
+    return load_state_file(path, arch, is_dekr_state, f"a DEKR state dict (no '{MARKER}')", load_dekr_state)
 
 
 def load_rescore_checkpoint(path: str | os.PathLike, num_keypoints: int | None = None) -> RescoreNet:

@@ -14,18 +14,15 @@ Only the released configuration is accepted: per-joint tags at stride 4 and none
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from edgepose.errors import CheckpointError, UsageError
-from edgepose.models.dekr_checkpoints import load_strict, unwrap_state_dict
 from edgepose.models.higherhrnet import SahrConfig, SahrModel
+from edgepose.models.state_dicts import count_indices, load_state_file, load_strict, official_info
 from edgepose.models.zoo import ZOO, get_model_info
 
 #: keys every HigherHRNet-family state dict has; SWAHR's also has ``SCALE_MARKER``
@@ -37,11 +34,6 @@ DEFAULT_DETECTION_THRESHOLD = 0.1
 
 def is_sahr_state(state: Mapping[str, Any]) -> bool:
     return all(k in state for k in MARKERS) and not any(k.startswith("deconv_layers.1.") for k in state)
-
-
-def _count(state: Mapping[str, Any], pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.fullmatch(k))})
 
 
 def infer_config(state: Mapping[str, torch.Tensor], name: str, source: str) -> SahrConfig:
@@ -60,15 +52,15 @@ def infer_config(state: Mapping[str, torch.Tensor], name: str, source: str) -> S
             num_keypoints=k,
             width=int(state["final_layers.0.weight"].shape[1]),
             stem_channels=int(state["conv1.weight"].shape[0]),
-            stem_blocks=_count(state, r"layer1\.(\d+)\.conv1\.weight"),
+            stem_blocks=count_indices(state, r"layer1\.(\d+)\.conv1\.weight"),
             num_modules=tuple(
-                _count(state, rf"stage{s}\.(\d+)\.branches\.0\.0\.conv1\.weight") for s in (2, 3, 4)
+                count_indices(state, rf"stage{s}\.(\d+)\.branches\.0\.0\.conv1\.weight") for s in (2, 3, 4)
             ),
             num_blocks=tuple(
-                _count(state, rf"stage{s}\.0\.branches\.0\.(\d+)\.conv1\.weight") for s in (2, 3, 4)
+                count_indices(state, rf"stage{s}\.0\.branches\.0\.(\d+)\.conv1\.weight") for s in (2, 3, 4)
             ),
             deconv_channels=int(deconv.shape[1]),
-            deconv_blocks=_count(state, r"deconv_layers\.0\.(\d+)\.0\.conv1\.weight"),
+            deconv_blocks=count_indices(state, r"deconv_layers\.0\.(\d+)\.0\.conv1\.weight"),
             deconv_kernel=int(deconv.shape[-1]),
             final_kernel=int(state["final_layers.0.weight"].shape[-1]),
             scale_aware=SCALE_MARKER in state,
@@ -134,28 +126,13 @@ def load_sahr_state(
     model = SahrModel(cfg)
     load_strict(model, state, name, source)
     model.float().eval()
-    return model, {
-        "format": "swahr-official" if cfg.scale_aware else "higherhrnet-official",
-        "name": name,
-        "family": "sahr",
-        "num_keypoints": cfg.num_keypoints,
-        "epoch": None,
-        "weights": "model",
-    }
+    fmt = "swahr-official" if cfg.scale_aware else "higherhrnet-official"
+    return model, official_info(fmt, name, "sahr", cfg.num_keypoints)
 
 
 def load_sahr_checkpoint(
     path: str | os.PathLike, arch: str | None = None
 ) -> tuple[SahrModel, dict[str, Any]]:
     """An official (or any plain state-dict) SWAHR/HigherHRNet file -> (model, info)."""
-    from edgepose.models.checkpoints import read_checkpoint
-
-    p = Path(path)
-    state = unwrap_state_dict(read_checkpoint(p))
-    if state is None or not is_sahr_state(state):
-        raise CheckpointError(
-            f"checkpoint '{p}' is not a HigherHRNet/SWAHR state dict (no {', '.join(MARKERS)})"
-        )
-    model, info = load_sahr_state(state, arch, str(p))
-    info["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return model, info
+    what = f"a HigherHRNet/SWAHR state dict (no {', '.join(MARKERS)})"
+    return load_state_file(path, arch, is_sahr_state, what, load_sahr_state)
