@@ -35,8 +35,7 @@ from edgepose.models.hrnet import (
     INPUT_MULTIPLE,
     BasicBlock,
     HRNet,
-    HRNetConfig,
-    TrunkConfigDict,
+    PoseTrunkConfig,
     concat_branches,
     fold_batchnorms,
     make_layer,
@@ -49,7 +48,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class DekrConfig(TrunkConfigDict):
+class DekrConfig(PoseTrunkConfig):
     """Everything that shapes a DEKR network; stored in edgepose checkpoints as a plain dict.
 
     Defaults are the official W32 COCO experiment (``w32_4x_reg03_bs10_512_adam_lr1e-3_coco_x140.yaml``).
@@ -58,12 +57,6 @@ class DekrConfig(TrunkConfigDict):
     LABEL: ClassVar[str] = "DEKR"
 
     name: str = "dekr-w32"
-    num_keypoints: int = 17
-    width: int = 32
-    stem_channels: int = 64
-    stem_blocks: int = 4
-    num_modules: tuple[int, int, int] = (1, 4, 3)
-    num_blocks: tuple[int, int, int] = (4, 4, 4)
     heatmap_channels: int = 32
     heatmap_blocks: int = 1
     offset_channels: int = 15
@@ -71,20 +64,10 @@ class DekrConfig(TrunkConfigDict):
     final_kernel: int = 1
 
     def __post_init__(self) -> None:
-        for f in ("num_keypoints", "heatmap_channels", "heatmap_blocks", "offset_channels", "offset_blocks"):
-            value = getattr(self, f)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UsageError(f"DEKR config field {f} must be a positive integer, got {value!r}")
+        self.require_positive_ints("heatmap_channels", "heatmap_blocks", "offset_channels", "offset_blocks")
         if self.final_kernel not in (1, 3):
             raise UsageError(f"DEKR final_kernel must be 1 or 3, got {self.final_kernel!r}")
-        hr = self.hrnet()  # validates the trunk fields
-        object.__setattr__(self, "num_modules", hr.num_modules)
-        object.__setattr__(self, "num_blocks", hr.num_blocks)
-
-    def hrnet(self) -> HRNetConfig:
-        return HRNetConfig(
-            self.width, self.stem_channels, self.stem_blocks, self.num_modules, self.num_blocks
-        )
+        super().__post_init__()
 
 
 class GroupedOffsetHead(nn.Module):

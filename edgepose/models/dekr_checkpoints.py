@@ -25,6 +25,7 @@ from edgepose.errors import CheckpointError, UsageError
 from edgepose.models.dekr import DekrConfig, DekrModel
 from edgepose.models.state_dicts import (
     count_indices,
+    hrnet_trunk_fields,
     load_state_file,
     load_strict,
     official_info,
@@ -48,14 +49,7 @@ def infer_config(state: Mapping[str, torch.Tensor], name: str, source: str) -> D
             name=name,
             num_keypoints=k,
             width=int(state["transition1.0.0.weight"].shape[0]),
-            stem_channels=int(state["conv1.weight"].shape[0]),
-            stem_blocks=count_indices(state, r"layer1\.(\d+)\.conv1\.weight"),
-            num_modules=tuple(
-                count_indices(state, rf"stage{s}\.(\d+)\.branches\.0\.0\.conv1\.weight") for s in (2, 3, 4)
-            ),
-            num_blocks=tuple(
-                count_indices(state, rf"stage{s}\.0\.branches\.0\.(\d+)\.conv1\.weight") for s in (2, 3, 4)
-            ),
+            **hrnet_trunk_fields(state),
             heatmap_channels=int(state["transition_heatmap.0.weight"].shape[0]),
             heatmap_blocks=count_indices(state, r"head_heatmap\.0\.(\d+)\.conv1\.weight"),
             offset_channels=int(state[MARKER].shape[1]),

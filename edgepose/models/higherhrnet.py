@@ -38,8 +38,7 @@ from edgepose.models.hrnet import (
     INPUT_MULTIPLE,
     BasicBlock,
     HRNet,
-    HRNetConfig,
-    TrunkConfigDict,
+    PoseTrunkConfig,
     fold_batchnorms,
 )
 
@@ -52,7 +51,7 @@ SCALE_KERNEL = 9
 
 
 @dataclass(frozen=True)
-class SahrConfig(TrunkConfigDict):
+class SahrConfig(PoseTrunkConfig):
     """Everything that shapes the network; stored in edgepose checkpoints as a plain dict.
 
     Defaults are SWAHR's W32 COCO experiment (``w32_512_adam_lr1e-3.yaml``). ``scale_aware=False`` is
@@ -61,14 +60,9 @@ class SahrConfig(TrunkConfigDict):
     """
 
     LABEL: ClassVar[str] = "SAHR"
+    LAST_MULTI_SCALE: ClassVar[bool] = False
 
     name: str = "sahr-w32"
-    num_keypoints: int = 17
-    width: int = 32
-    stem_channels: int = 64
-    stem_blocks: int = 4
-    num_modules: tuple[int, int, int] = (1, 4, 3)
-    num_blocks: tuple[int, int, int] = (4, 4, 4)
     deconv_channels: int = 32
     deconv_blocks: int = 4
     deconv_kernel: int = 4
@@ -77,10 +71,7 @@ class SahrConfig(TrunkConfigDict):
     detection_threshold: float = 0.12
 
     def __post_init__(self) -> None:
-        for f in ("num_keypoints", "deconv_channels"):
-            value = getattr(self, f)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UsageError(f"SAHR config field {f} must be a positive integer, got {value!r}")
+        self.require_positive_ints("deconv_channels")
         if not isinstance(self.deconv_blocks, int) or self.deconv_blocks < 0:
             raise UsageError(f"SAHR deconv_blocks must be an integer >= 0, got {self.deconv_blocks!r}")
         if self.deconv_kernel not in (2, 3, 4):
@@ -90,21 +81,9 @@ class SahrConfig(TrunkConfigDict):
         thr = float(self.detection_threshold)
         if not 0.0 <= thr <= 1.0:
             raise UsageError(f"SAHR detection_threshold must be between 0 and 1, got {thr}")
-        hr = self.hrnet()  # validates the trunk fields
-        object.__setattr__(self, "num_modules", hr.num_modules)
-        object.__setattr__(self, "num_blocks", hr.num_blocks)
+        super().__post_init__()
         object.__setattr__(self, "scale_aware", bool(self.scale_aware))
         object.__setattr__(self, "detection_threshold", thr)
-
-    def hrnet(self) -> HRNetConfig:
-        return HRNetConfig(
-            self.width,
-            self.stem_channels,
-            self.stem_blocks,
-            self.num_modules,
-            self.num_blocks,
-            last_multi_scale=False,
-        )
 
 
 def _deconv_padding(kernel: int) -> tuple[int, int]:

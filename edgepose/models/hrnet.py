@@ -234,6 +234,49 @@ class HRNetConfig(TrunkConfigDict):
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+@dataclass(frozen=True)
+class PoseTrunkConfig(TrunkConfigDict):
+    """The fields every HRNet-based pose network's config shares: its name, keypoint count and trunk.
+
+    Family configs (DEKR, SAHR) subclass it, add their heads' fields after these and override
+    ``name``'s default and ``LAST_MULTI_SCALE``; validation of the shared part happens here once.
+    """
+
+    #: whether the family's heads read every trunk branch (DEKR) or only the finest (HigherHRNet)
+    LAST_MULTI_SCALE: ClassVar[bool] = True
+
+    name: str = "hrnet"
+    num_keypoints: int = 17
+    width: int = 32
+    stem_channels: int = 64
+    stem_blocks: int = 4
+    num_modules: tuple[int, int, int] = (1, 4, 3)
+    num_blocks: tuple[int, int, int] = (4, 4, 4)
+
+    def __post_init__(self) -> None:
+        self.require_positive_ints("num_keypoints")
+        hr = self.hrnet()  # validates the trunk fields
+        object.__setattr__(self, "num_modules", hr.num_modules)
+        object.__setattr__(self, "num_blocks", hr.num_blocks)
+
+    def require_positive_ints(self, *fields: str) -> None:
+        """UsageError naming the first of ``fields`` that is not an integer >= 1 (bools are refused)."""
+        for f in fields:
+            value = getattr(self, f)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"{self.LABEL} config field {f} must be a positive integer, got {value!r}")
+
+    def hrnet(self) -> HRNetConfig:
+        return HRNetConfig(
+            self.width,
+            self.stem_channels,
+            self.stem_blocks,
+            self.num_modules,
+            self.num_blocks,
+            last_multi_scale=self.LAST_MULTI_SCALE,
+        )
+
+
 class HRNet(nn.Module):
     """The trunk. Subclasses add heads; ``features`` returns the branch outputs, finest first."""
 

@@ -22,7 +22,13 @@ import torch
 
 from edgepose.errors import CheckpointError, UsageError
 from edgepose.models.higherhrnet import SahrConfig, SahrModel
-from edgepose.models.state_dicts import count_indices, load_state_file, load_strict, official_info
+from edgepose.models.state_dicts import (
+    count_indices,
+    hrnet_trunk_fields,
+    load_state_file,
+    load_strict,
+    official_info,
+)
 from edgepose.models.zoo import ZOO, get_model_info
 
 #: keys every HigherHRNet-family state dict has; SWAHR's also has ``SCALE_MARKER``
@@ -51,14 +57,7 @@ def infer_config(state: Mapping[str, torch.Tensor], name: str, source: str) -> S
             name=name,
             num_keypoints=k,
             width=int(state["final_layers.0.weight"].shape[1]),
-            stem_channels=int(state["conv1.weight"].shape[0]),
-            stem_blocks=count_indices(state, r"layer1\.(\d+)\.conv1\.weight"),
-            num_modules=tuple(
-                count_indices(state, rf"stage{s}\.(\d+)\.branches\.0\.0\.conv1\.weight") for s in (2, 3, 4)
-            ),
-            num_blocks=tuple(
-                count_indices(state, rf"stage{s}\.0\.branches\.0\.(\d+)\.conv1\.weight") for s in (2, 3, 4)
-            ),
+            **hrnet_trunk_fields(state),
             deconv_channels=int(deconv.shape[1]),
             deconv_blocks=count_indices(state, r"deconv_layers\.0\.(\d+)\.0\.conv1\.weight"),
             deconv_kernel=int(deconv.shape[-1]),

@@ -38,6 +38,23 @@ def count_indices(state: Mapping[str, Any], pattern: str) -> int:
     return len({m.group(1) for k in state if (m := rx.fullmatch(k))})
 
 
+def hrnet_trunk_fields(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The HRNet trunk's stem and stage counts as config fields, read from an official-layout state dict.
+
+    The trunk's width is not here: each family reads it from its own head's input.
+    """
+    return {
+        "stem_channels": int(state["conv1.weight"].shape[0]),
+        "stem_blocks": count_indices(state, r"layer1\.(\d+)\.conv1\.weight"),
+        "num_modules": tuple(
+            count_indices(state, rf"stage{s}\.(\d+)\.branches\.0\.0\.conv1\.weight") for s in (2, 3, 4)
+        ),
+        "num_blocks": tuple(
+            count_indices(state, rf"stage{s}\.0\.branches\.0\.(\d+)\.conv1\.weight") for s in (2, 3, 4)
+        ),
+    }
+
+
 def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str, source: str) -> None:
     """Strict load with one sentence for the first difference (the loader every family shares)."""
     from edgepose.models.checkpoints import load_state_strict  # lazy: checkpoints imports this module lazily
