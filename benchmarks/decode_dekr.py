@@ -43,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgepose.bench.decoder_timing import numba_vs_numpy  # noqa: E402
 from edgepose.decoders.dekr import PRESETS, DekrHead, _centres, decode, warmup  # noqa: E402
 from edgepose.decoders.dekr_reference import decode_reference  # noqa: E402
 from edgepose.preprocess import LetterboxMeta  # noqa: E402
@@ -91,30 +92,12 @@ def make_scene(people: int, imgsz: int, seed: int) -> dict[str, np.ndarray]:
     return {"heatmap": heat[None], "offset": off[None]}
 
 
-def _same(a, b) -> bool:
-    return (
-        len(a) == len(b)
-        and np.allclose(a.keypoints, b.keypoints, atol=1e-3)
-        and np.allclose(a.scores, b.scores)
+def time_decoders(outputs, meta, params, head, iters: int) -> dict[str, float | int]:
+    return numba_vs_numpy(
+        lambda: decode(outputs, meta, params, head),
+        lambda: decode_reference(outputs, meta, params, head),
+        iters,
     )
-
-
-def time_decoders(outputs, meta, params, head, iters: int) -> dict[str, float]:
-    fns = {"numba": decode, "numpy": decode_reference}
-    got = {n: f(outputs, meta, params, head) for n, f in fns.items()}
-    if not _same(got["numba"], got["numpy"]):
-        raise SystemExit("numba and numpy decoders disagree on this scene")
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(outputs, meta, params, head)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {
-        "numba_ms": statistics.median(times["numba"]),
-        "numpy_ms": statistics.median(times["numpy"]),
-        "poses": len(got["numba"]),
-    }
 
 
 def time_in_graph(outputs, params, iters: int) -> dict[str, float]:
@@ -187,7 +170,7 @@ def main() -> None:
     for name, r in rows.items():
         print(
             f"{name:<10}{r['poses']:>7}{r['numba_ms']:>11.3f}{r['numpy_ms']:>11.3f}"
-            f"{r['numpy_ms'] / r['numba_ms']:>9.1f}x"
+            f"{r['speedup']:>9.1f}x"
         )
     result = {"imgsz": args.imgsz, "people": args.people, "presets": rows}
     if args.in_graph:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgepose.bench.decoder_timing import numba_vs_numpy  # noqa: E402
 from edgepose.decoders.kapao import PRESETS, KapaoHead, KapaoParams, decode, warmup  # noqa: E402
 from edgepose.decoders.kapao_reference import decode_reference  # noqa: E402
 from edgepose.preprocess import LetterboxMeta  # noqa: E402
@@ -151,27 +151,13 @@ def count_candidates(levels, params: KapaoParams) -> int:
 
 
 def bench(levels, meta, params: KapaoParams, head: KapaoHead, iters: int) -> dict:
-    for _ in range(3):
-        decode(levels, meta, params, head)
-        decode_reference(levels, meta, params, head)
-    t_nb, t_np = [], []
-    for _ in range(iters):  # interleaved, so both see the same machine load
-        t0 = time.perf_counter_ns()
-        poses = decode(levels, meta, params, head)
-        t1 = time.perf_counter_ns()
-        decode_reference(levels, meta, params, head)
-        t2 = time.perf_counter_ns()
-        t_nb.append((t1 - t0) / 1e6)
-        t_np.append((t2 - t1) / 1e6)
-    nb, ref = statistics.median(t_nb), statistics.median(t_np)
-    return {
-        "poses": len(poses),
-        "fused": int(poses.fused.sum()),
-        "numba_ms": nb,
-        "numba_p90_ms": float(np.percentile(t_nb, 90)),
-        "numpy_ms": ref,
-        "speedup": ref / nb,
-    }
+    row = numba_vs_numpy(
+        lambda: decode(levels, meta, params, head),
+        lambda: decode_reference(levels, meta, params, head),
+        iters,
+    )
+    row["fused"] = int(decode(levels, meta, params, head).fused.sum())
+    return row
 
 
 def main() -> None:

@@ -65,6 +65,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgepose.bench.decoder_timing import numba_vs_numpy  # noqa: E402
 from edgepose.decoders.sahr import (  # noqa: E402
     PRESETS,
     SahrHead,
@@ -123,32 +124,14 @@ def make_scene(people: int, imgsz: int, seed: int) -> dict[str, np.ndarray]:
     return {name: m[None].astype(np.float32) for name, m in maps.items()}
 
 
-def _same(a, b) -> bool:
-    return (
-        len(a) == len(b)
-        and np.allclose(a.keypoints, b.keypoints, atol=1e-3)
-        and np.allclose(a.scores, b.scores)
+def time_decoders(outputs, meta, params, head, iters: int) -> dict[str, float | int]:
+    row = numba_vs_numpy(
+        lambda: decode(outputs, meta, params, head),
+        lambda: decode_reference(outputs, meta, params, head),
+        iters,
     )
-
-
-def time_decoders(outputs, meta, params, head, iters: int) -> dict[str, float]:
-    fns = {"numba": decode, "numpy": decode_reference}
-    got = {n: f(outputs, meta, params, head) for n, f in fns.items()}
-    if not _same(got["numba"], got["numpy"]):
-        raise SystemExit("numba and numpy decoders disagree on this scene")
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(outputs, meta, params, head)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    poses = got["numba"]
-    return {
-        "numba_ms": statistics.median(times["numba"]),
-        "numpy_ms": statistics.median(times["numpy"]),
-        "poses": len(poses),
-        "poses_over_0.2": int((poses.scores > 0.2).sum()),
-    }
+    row["poses_over_0.2"] = int((decode(outputs, meta, params, head).scores > 0.2).sum())
+    return row
 
 
 def time_warm(outputs, meta, params, head, iters: int) -> float:
@@ -357,7 +340,7 @@ def main() -> None:
     for name, r in rows.items():
         print(
             f"{name:<10}{r['poses']:>7}{r['poses_over_0.2']:>6}{r['numba_ms']:>11.3f}{r['numpy_ms']:>11.3f}"
-            f"{r['numpy_ms'] / r['numba_ms']:>9.1f}x{r['numba_warm_ms']:>10.3f}"
+            f"{r['speedup']:>9.1f}x{r['numba_warm_ms']:>10.3f}"
         )
     acc = rows["accuracy"]
     met = acc["numba_ms"] <= 5.0 and acc["numpy_ms"] >= 3.0 * acc["numba_ms"]

@@ -7,13 +7,16 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from edgepose.bench import history
+from edgepose.bench.decoder_timing import numba_vs_numpy, same_poses
 from edgepose.bench.timing import STAGES, STATS, FrameCycle, measure_latency, timer_overhead_ns
 from edgepose.errors import DataError
+from edgepose.poses import Poses
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -256,3 +259,32 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=ENV)
     assert "pip install 'edgepose[report]'" in out.stdout, out.stderr
+
+
+def _poses(shift: float = 0.0) -> Poses:
+    kps = np.zeros((2, 17, 3), np.float32)
+    kps[..., 0] = np.arange(17) + shift
+    scores = np.array([0.9, 0.5], np.float32)
+    boxes, fused = np.zeros((2, 4), np.float32), np.zeros((2, 17), bool)
+    return Poses(keypoints=kps, scores=scores, boxes=boxes, fused=fused)
+
+
+def test_decoder_timing_reports_both_medians_and_their_ratio():
+    slow_calls = []
+
+    def slow() -> Poses:
+        slow_calls.append(1)
+        time.sleep(0.002)
+        return _poses()
+
+    row = numba_vs_numpy(_poses, slow, iters=5, warmup=1)
+    assert row["poses"] == 2
+    assert len(slow_calls) == 1 + 1 + 5  # agreement check, warm-up, timed
+    assert row["numpy_ms"] >= 2.0 > row["numba_ms"]
+    assert row["speedup"] == pytest.approx(row["numpy_ms"] / row["numba_ms"])
+
+
+def test_decoder_timing_refuses_decoders_that_disagree():
+    with pytest.raises(SystemExit, match="disagree"):
+        numba_vs_numpy(_poses, lambda: _poses(shift=0.01), iters=1)
+    assert same_poses(_poses(), _poses(shift=0.0005))
