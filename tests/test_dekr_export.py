@@ -24,15 +24,7 @@ from edgepose.models.zoo import build_model  # noqa: E402
 from edgepose.preprocess import preprocess  # noqa: E402
 from edgepose.samples import sample_images  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on a shared machine: one intra-op thread avoids OpenMP oversubscription stalls
-    (measured here: a dekr-t forward takes 0.07 s on one thread, seconds on two busy ones)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _standard_ops_only(path) -> set[str]:

@@ -18,16 +18,9 @@ from edgepose.models.dekr import DekrConfig, DekrModel  # noqa: E402
 from edgepose.models.dekr_checkpoints import load_dekr_checkpoint, load_rescore_checkpoint  # noqa: E402
 from edgepose.models.zoo import ZOO, build_model, measure  # noqa: E402
 from edgepose.training.dekr_loss import DekrLoss, DekrLossConfig, build_targets  # noqa: E402
+from tests.official_hrnet_keys import add_basic_block, add_bn, trunk_keys  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on a shared machine: one intra-op thread avoids OpenMP oversubscription stalls
-    (measured here: a dekr-t forward takes 0.07 s on one thread, seconds on two busy ones)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- an independent deformable convolution (torchvision.ops.deform_conv2d semantics, in numpy) ----------
@@ -134,69 +127,14 @@ def test_adaptive_block_refuses_strides():
 def official_keys(width: int, k: int) -> dict[str, tuple[int, ...]]:
     """Every state-dict key (and shape) of the official W32/W48 ``PoseHigherResolutionNet`` in
     ``lib/models/hrnet_dekr.py``, enumerated from that file's structure (not from our model)."""
-    keys: dict[str, tuple[int, ...]] = {}
-
-    def bn(p, c):
-        for n in ("weight", "bias", "running_mean", "running_var"):
-            keys[f"{p}.{n}"] = (c,)
-        keys[f"{p}.num_batches_tracked"] = ()
-
-    def basic(p, c):
-        keys[f"{p}.conv1.weight"] = (c, c, 3, 3)
-        bn(f"{p}.bn1", c)
-        keys[f"{p}.conv2.weight"] = (c, c, 3, 3)
-        bn(f"{p}.bn2", c)
-
-    keys["conv1.weight"] = (64, 3, 3, 3)
-    bn("bn1", 64)
-    keys["conv2.weight"] = (64, 64, 3, 3)
-    bn("bn2", 64)
-    for i in range(4):
-        cin = 64 if i == 0 else 256
-        keys[f"layer1.{i}.conv1.weight"] = (64, cin, 1, 1)
-        bn(f"layer1.{i}.bn1", 64)
-        keys[f"layer1.{i}.conv2.weight"] = (64, 64, 3, 3)
-        bn(f"layer1.{i}.bn2", 64)
-        keys[f"layer1.{i}.conv3.weight"] = (256, 64, 1, 1)
-        bn(f"layer1.{i}.bn3", 256)
-    keys["layer1.0.downsample.0.weight"] = (256, 64, 1, 1)
-    bn("layer1.0.downsample.1", 256)
+    keys = trunk_keys(width)
     ch = [width * 2**b for b in range(4)]
-    keys["transition1.0.0.weight"] = (ch[0], 256, 3, 3)
-    bn("transition1.0.1", ch[0])
-    keys["transition1.1.0.0.weight"] = (ch[1], 256, 3, 3)
-    bn("transition1.1.0.1", ch[1])
-    for t, b in ((2, 2), (3, 3)):
-        keys[f"transition{t}.{b}.0.0.weight"] = (ch[b], ch[b - 1], 3, 3)
-        bn(f"transition{t}.{b}.0.1", ch[b])
-    for stage, modules in ((2, 1), (3, 4), (4, 3)):
-        nb = stage
-        for m in range(modules):
-            p = f"stage{stage}.{m}"
-            for br in range(nb):
-                for blk in range(4):
-                    basic(f"{p}.branches.{br}.{blk}", ch[br])
-            for i in range(nb):
-                for j in range(nb):
-                    if j > i:
-                        keys[f"{p}.fuse_layers.{i}.{j}.0.weight"] = (ch[i], ch[j], 1, 1)
-                        bn(f"{p}.fuse_layers.{i}.{j}.1", ch[i])
-                    elif j < i:
-                        for s in range(i - j):
-                            last = s == i - j - 1
-                            keys[f"{p}.fuse_layers.{i}.{j}.{s}.0.weight"] = (
-                                ch[i] if last else ch[j],
-                                ch[j],
-                                3,
-                                3,
-                            )
-                            bn(f"{p}.fuse_layers.{i}.{j}.{s}.1", ch[i] if last else ch[j])
     total = sum(ch)
     keys["transition_heatmap.0.weight"] = (width, total, 1, 1)
-    bn("transition_heatmap.1", width)
+    add_bn(keys, "transition_heatmap.1", width)
     keys["transition_offset.0.weight"] = (15 * k, total, 1, 1)
-    bn("transition_offset.1", 15 * k)
-    basic("head_heatmap.0.0", width)
+    add_bn(keys, "transition_offset.1", 15 * k)
+    add_basic_block(keys, "head_heatmap.0.0", width)
     keys["head_heatmap.1.weight"] = (k + 1, width, 1, 1)
     keys["head_heatmap.1.bias"] = (k + 1,)
     for j in range(k):
@@ -208,7 +146,7 @@ def official_keys(width: int, k: int) -> dict[str, tuple[int, ...]]:
             keys[f"{p}.translation_conv.weight"] = (2, 15, 3, 3)
             keys[f"{p}.translation_conv.bias"] = (2,)
             keys[f"{p}.adapt_conv.weight"] = (15, 15, 3, 3)
-            bn(f"{p}.bn", 15)
+            add_bn(keys, f"{p}.bn", 15)
         keys[f"offset_final_layer.{j}.weight"] = (2, 15, 1, 1)
         keys[f"offset_final_layer.{j}.bias"] = (2,)
     return keys

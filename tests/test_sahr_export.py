@@ -27,13 +27,7 @@ from edgepose.samples import sample_images  # noqa: E402
 NAMES = ("heatmaps_lo", "tags", "heatmaps_hi")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ort(path, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -25,15 +25,9 @@ from edgepose.training.sahr_loss import (  # noqa: E402
     sahr_target,
     wahr_weight,
 )
+from tests.official_hrnet_keys import add_basic_block, add_bn, trunk_keys  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on a shared machine: one intra-op thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- official key names --------------------------------------------------------------------------------
@@ -54,71 +48,20 @@ def official_keys(
     from our model): the released configs have stem 64 with 4 Bottlenecks, modules (1, 4, 3), 4 blocks per
     branch, one deconvolution (kernel 4, NUM_CHANNELS = width, 4 basic blocks), FINAL_CONV_KERNEL 1,
     TAG_PER_JOINT, WITH_AE_LOSS [True, False]. The other arguments only shrink it for test files."""
-    keys: dict[str, tuple[int, ...]] = {}
-
-    def bn(p, c):
-        for n in ("weight", "bias", "running_mean", "running_var"):
-            keys[f"{p}.{n}"] = (c,)
-        keys[f"{p}.num_batches_tracked"] = ()
-
-    def basic(p, c):
-        keys[f"{p}.conv1.weight"] = (c, c, 3, 3)
-        bn(f"{p}.bn1", c)
-        keys[f"{p}.conv2.weight"] = (c, c, 3, 3)
-        bn(f"{p}.bn2", c)
-
-    keys["conv1.weight"] = (stem, 3, 3, 3)
-    bn("bn1", stem)
-    keys["conv2.weight"] = (stem, stem, 3, 3)
-    bn("bn2", stem)
-    for i in range(stem_blocks):
-        keys[f"layer1.{i}.conv1.weight"] = (stem, stem if i == 0 else 4 * stem, 1, 1)
-        bn(f"layer1.{i}.bn1", stem)
-        keys[f"layer1.{i}.conv2.weight"] = (stem, stem, 3, 3)
-        bn(f"layer1.{i}.bn2", stem)
-        keys[f"layer1.{i}.conv3.weight"] = (4 * stem, stem, 1, 1)
-        bn(f"layer1.{i}.bn3", 4 * stem)
-    keys["layer1.0.downsample.0.weight"] = (4 * stem, stem, 1, 1)
-    bn("layer1.0.downsample.1", 4 * stem)
-    ch = [width * 2**b for b in range(4)]
-    keys["transition1.0.0.weight"] = (ch[0], 4 * stem, 3, 3)
-    bn("transition1.0.1", ch[0])
-    keys["transition1.1.0.0.weight"] = (ch[1], 4 * stem, 3, 3)
-    bn("transition1.1.0.1", ch[1])
-    for t, b in ((2, 2), (3, 3)):
-        keys[f"transition{t}.{b}.0.0.weight"] = (ch[b], ch[b - 1], 3, 3)
-        bn(f"transition{t}.{b}.0.1", ch[b])
-    for stage, n_modules in zip((2, 3, 4), modules):
-        nb = stage
-        for m in range(n_modules):
-            p = f"stage{stage}.{m}"
-            for br in range(nb):
-                for blk in range(blocks):
-                    basic(f"{p}.branches.{br}.{blk}", ch[br])
-            rows = 1 if stage == 4 and m == n_modules - 1 else nb  # multi_scale_output=False at the end
-            for i in range(rows):
-                for j in range(nb):
-                    if j > i:
-                        keys[f"{p}.fuse_layers.{i}.{j}.0.weight"] = (ch[i], ch[j], 1, 1)
-                        bn(f"{p}.fuse_layers.{i}.{j}.1", ch[i])
-                    elif j < i:
-                        for s in range(i - j):
-                            out = ch[i] if s == i - j - 1 else ch[j]
-                            keys[f"{p}.fuse_layers.{i}.{j}.{s}.0.weight"] = (out, ch[j], 3, 3)
-                            bn(f"{p}.fuse_layers.{i}.{j}.{s}.1", out)
+    keys = trunk_keys(width, stem, stem_blocks, modules, blocks, last_multi_scale=False)
     keys["final_layers.0.weight"] = (2 * k, width, 1, 1)
     keys["final_layers.0.bias"] = (2 * k,)
     keys["final_layers.1.weight"] = (k, width, 1, 1)
     keys["final_layers.1.bias"] = (k,)
     keys["deconv_layers.0.0.0.weight"] = (width + 2 * k, width, 4, 4)  # ConvTranspose2d: (in, out, k, k)
-    bn("deconv_layers.0.0.1", width)
+    add_bn(keys, "deconv_layers.0.0.1", width)
     for i in range(deconv_blocks):
-        basic(f"deconv_layers.0.{i + 1}.0", width)
+        add_basic_block(keys, f"deconv_layers.0.{i + 1}.0", width)
     if scale:
         for i in range(2):
             keys[f"conv_scale_layers.{i}.0.weight"] = (k, width, 1, 1)
             keys[f"conv_scale_layers.{i}.0.bias"] = (k,)
-            bn(f"conv_scale_layers.{i}.1", k)
+            add_bn(keys, f"conv_scale_layers.{i}.1", k)
             keys[f"conv_scale_layers.{i}.3.weight"] = (k, 1, 9, 9)
             keys[f"conv_scale_layers.{i}.3.bias"] = (k,)
     return keys
