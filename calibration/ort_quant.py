@@ -166,6 +166,19 @@ def mean_minmax_ranges(
     return ranges
 
 
+def _float_activations(model: onnx.ModelProto, input_name: str) -> set[str]:
+    """The input and every node output that is, or may be, a float tensor ORT could calibrate.
+
+    A tensor whose type shape inference cannot tell counts: ``mean_minmax_ranges`` skips those, so
+    their presence keeps ORT's own calibration on the full set.
+    """
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.output)}
+    float_type = onnx.TensorProto.FLOAT
+    outputs = (o for node in graph.node for o in node.output if o)
+    return {input_name} | {o for o in outputs if types.get(o, float_type) == float_type}
+
+
 def _bytes(info: onnx.TypeProto.Tensor) -> int:
     dims = [d.dim_value for d in info.shape.dim] if info.HasField("shape") else []
     return 4 * int(np.prod(dims)) if dims and all(d > 0 for d in dims) else 0
@@ -216,6 +229,7 @@ def quantize_onnx(
         }
         if config.method == "percentile":
             extra["CalibPercentile"] = config.percentile
+        feed = tensors
         if config.method == "meanminmax":
             if ranges is None:
                 ranges = mean_minmax_ranges(prepared_model, input_name, tensors)
@@ -224,10 +238,14 @@ def quantize_onnx(
                 name: [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
                 for name, (lo, hi) in ranges.items()
             }
+            # The overrides replace every range ORT's own MinMax pass would measure, but quantize_static
+            # runs that pass regardless: one image keeps it from reading the whole calibration set again.
+            if set(ranges) >= _float_activations(prepared_model, input_name):
+                feed = tensors[:1]
         quantize_static(
             str(prepared),
             str(output),
-            _FeedReader(input_name, tensors),
+            _FeedReader(input_name, feed),
             quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
             op_types_to_quantize=list(config.op_types) or None,
             per_channel=config.per_channel,

@@ -129,3 +129,31 @@ def test_gate_rounds_measure_the_ranges_once(tmp_path, monkeypatch):
     assert _scale_of(onnx.load(str(first.path)), "a") == _scale_of(onnx.load(str(again.path)), "a")
     req.quantize(images, tmp_path / "mm.onnx", OrtQuantConfig(method="minmax"))  # needs no ranges
     assert len(calls) == 1
+
+
+def test_with_mean_ranges_for_every_tensor_orts_own_pass_reads_one_image_for_the_same_graph(
+    tmp_path, monkeypatch
+):
+    from edgepose.calibration import ort_quant
+
+    path, _ = _two_convs(tmp_path / "m.onnx")
+    images = _images(5)[::-1]  # the outlier last: ORT's MinMax on the first image alone would differ
+    fed = []
+    real_reader, real_floats = ort_quant._FeedReader, ort_quant._float_activations
+
+    def counting(name, tensors):
+        tensors = list(tensors)
+        fed.append(len(tensors))
+        return real_reader(name, tensors)
+
+    monkeypatch.setattr(ort_quant, "_FeedReader", counting)
+    one = quantize_onnx(path, tmp_path / "one.onnx", "images", images, OrtQuantConfig())
+    # a tensor the mean ranges lack keeps ORT's pass on every image
+    monkeypatch.setattr(ort_quant, "_float_activations", lambda *a: real_floats(*a) | {"unmeasured"})
+    full = quantize_onnx(path, tmp_path / "full.onnx", "images", images, OrtQuantConfig())
+    assert fed == [1, 5]
+    a, b = onnx.load(str(one.path)).graph, onnx.load(str(full.path)).graph
+    assert [n.op_type for n in a.node] == [n.op_type for n in b.node]
+    assert len(a.initializer) == len(b.initializer) > 0
+    for x, y in zip(a.initializer, b.initializer, strict=True):
+        np.testing.assert_array_equal(numpy_helper.to_array(x), numpy_helper.to_array(y))
