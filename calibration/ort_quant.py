@@ -205,12 +205,14 @@ def quantize_onnx(
     config: OrtQuantConfig = OrtQuantConfig(),
     exclude: Sequence[str] = (),
     ranges: Mapping[str, tuple[float, float]] | None = None,
+    prepared_model: onnx.ModelProto | None = None,
 ) -> QuantizedOnnx:
     """Statically quantize ``fp32_onnx`` to a Q/DQ ONNX at ``output``, calibrated on ``tensors``.
 
-    ``exclude`` names extra layers to keep in float (the accuracy gate's sensitive layers). ``ranges``:
-    ``mean_minmax_ranges`` of the prepared model on ``tensors``, when the caller quantizes the same model
-    several times (the gate's rounds); computed here when None and the method needs them.
+    ``exclude`` names extra layers to keep in float (the accuracy gate's sensitive layers). ``ranges``
+    and ``prepared_model`` (``mean_minmax_ranges`` on ``tensors`` and ``prepare_for_quantization`` of
+    ``fp32_onnx``), when the caller quantizes the same model several times (the gate's rounds); made
+    here when None.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -218,7 +220,8 @@ def quantize_onnx(
         raise UsageError("quantization needs at least one calibration image")
     with tempfile.TemporaryDirectory(prefix="edgepose-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        prepared_model = prepare_for_quantization(fp32_onnx)
+        if prepared_model is None:
+            prepared_model = prepare_for_quantization(fp32_onnx)
         onnx.save(prepared_model, str(prepared))
         tail = float_tail(prepared_model)
         extra: dict[str, Any] = {

@@ -66,6 +66,7 @@ class Int8Request:
     log: Callable[[str], None] = print
     _tail: list[str] | None = field(default=None, repr=False)
     _ranges: dict[str, tuple[float, float]] | None = field(default=None, repr=False)
+    _prepared: onnx.ModelProto | None = field(default=None, repr=False)
 
     def float_tail(self) -> list[str]:
         """The FP32 graph's float tail, read once however many gate rounds quantize it."""
@@ -76,13 +77,16 @@ class Int8Request:
     def quantize(
         self, tensors: Sequence[np.ndarray], output: Path, config: OrtQuantConfig, exclude: Sequence[str] = ()
     ) -> QuantizedOnnx:
-        """``quantize_onnx`` of the FP32 model; the activation ranges of ``meanminmax`` are measured once
-        (they do not depend on which layers a gate round keeps in float)."""
+        """``quantize_onnx`` of the FP32 model. Its prepared graph, and the activation ranges of
+        ``meanminmax``, are made once: they do not depend on which layers a gate round keeps in float."""
+        if self._prepared is None:
+            self._prepared = prepare_for_quantization(self.fp32_onnx)
         if config.method == "meanminmax" and self._ranges is None:
-            prepared = prepare_for_quantization(self.fp32_onnx)
-            self._ranges = mean_minmax_ranges(prepared, self.input_name, tensors)
+            self._ranges = mean_minmax_ranges(self._prepared, self.input_name, tensors)
         ranges = self._ranges if config.method == "meanminmax" else None
-        return quantize_onnx(self.fp32_onnx, output, self.input_name, tensors, config, exclude, ranges)
+        return quantize_onnx(
+            self.fp32_onnx, output, self.input_name, tensors, config, exclude, ranges, self._prepared
+        )
 
 
 @dataclass

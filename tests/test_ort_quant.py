@@ -114,13 +114,22 @@ def test_unknown_method_is_a_usage_error():
         OrtQuantConfig(method="kl")
 
 
-def test_gate_rounds_measure_the_ranges_once(tmp_path, monkeypatch):
-    from edgepose.calibration import quantize
+def test_gate_rounds_prepare_and_measure_the_ranges_once(tmp_path, monkeypatch):
+    from edgepose.calibration import ort_quant, quantize
 
     path, _ = _two_convs(tmp_path / "m.onnx")
     calls = []
     real = quantize.mean_minmax_ranges
     monkeypatch.setattr(quantize, "mean_minmax_ranges", lambda *a: calls.append(1) or real(*a))
+    prepares = []
+    real_prepare = quantize.prepare_for_quantization
+
+    def counting_prepare(path):
+        prepares.append(1)
+        return real_prepare(path)
+
+    for module in (quantize, ort_quant):
+        monkeypatch.setattr(module, "prepare_for_quantization", counting_prepare)
     req = quantize.Int8Request("cpu", path, tmp_path, "images", (SIZE, SIZE), {}, np.ones(1), None)
     images = _images(3)
     first = req.quantize(images, tmp_path / "r0.onnx", OrtQuantConfig())
@@ -129,6 +138,7 @@ def test_gate_rounds_measure_the_ranges_once(tmp_path, monkeypatch):
     assert _scale_of(onnx.load(str(first.path)), "a") == _scale_of(onnx.load(str(again.path)), "a")
     req.quantize(images, tmp_path / "mm.onnx", OrtQuantConfig(method="minmax"))  # needs no ranges
     assert len(calls) == 1
+    assert prepares == [1]  # every round quantizes the one prepared graph
 
 
 def test_with_mean_ranges_for_every_tensor_orts_own_pass_reads_one_image_for_the_same_graph(
