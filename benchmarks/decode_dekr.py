@@ -93,11 +93,12 @@ def make_scene(people: int, imgsz: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def time_decoders(outputs, meta, params, head, iters: int) -> dict[str, float | int]:
-    return numba_vs_numpy(
+    row, _ = numba_vs_numpy(
         lambda: decode(outputs, meta, params, head),
         lambda: decode_reference(outputs, meta, params, head),
         iters,
     )
+    return row
 
 
 def time_in_graph(outputs, params, iters: int) -> dict[str, float]:

@@ -277,7 +277,8 @@ def test_decoder_timing_reports_both_medians_and_their_ratio():
         time.sleep(0.002)
         return _poses()
 
-    row = numba_vs_numpy(_poses, slow, iters=5, warmup=1)
+    row, poses = numba_vs_numpy(_poses, slow, iters=5, warmup=1)
+    assert len(poses) == 2
     assert row["poses"] == 2
     assert len(slow_calls) == 1 + 1 + 5  # agreement check, warm-up, timed
     assert row["numpy_ms"] >= 2.0 > row["numba_ms"]

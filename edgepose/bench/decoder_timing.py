@@ -27,8 +27,9 @@ def same_poses(a: Poses, b: Poses, atol: float = 1e-3) -> bool:
 
 def numba_vs_numpy(
     numba_fn: Callable[[], Poses], numpy_fn: Callable[[], Poses], iters: int, warmup: int = 3
-) -> dict[str, float | int]:
-    """Median ms of each decoder over ``iters`` interleaved calls, p90 of numba, their ratio and poses.
+) -> tuple[dict[str, float | int], Poses]:
+    """Median ms of each decoder over ``iters`` interleaved calls, p90 of numba, their ratio and pose
+    count; and the numba decoder's poses, for the scripts' own columns.
 
     SystemExit (the scripts' way of failing) when the two decoders disagree.
     """
@@ -49,10 +50,11 @@ def numba_vs_numpy(
         t_nb.append((t1 - t0) / 1e6)
         t_np.append((t2 - t1) / 1e6)
     nb, ref = statistics.median(t_nb), statistics.median(t_np)
-    return {
+    row = {
         "poses": len(poses),
         "numba_ms": nb,
         "numba_p90_ms": float(np.percentile(t_nb, 90)),
         "numpy_ms": ref,
         "speedup": ref / nb,
     }
+    return row, poses
