@@ -1,5 +1,8 @@
-"""The shipped reference model: its weights and card, its export without --weights, its AP against the
+"""Every shipped reference model: its weights and card, its export without --weights, its AP against the
 card, OpenVINO == ONNX Runtime, and OpenVINO fp16 == fp32 AP, on real held-out ``val-v1`` images.
+
+A reference model the zoo names but whose file is not in the package yet is left out, not skipped:
+``test_kapao_n_is_shipped`` keeps the one that README's first command needs from going missing.
 """
 
 from __future__ import annotations
@@ -20,40 +23,48 @@ from edgepose.agreement import match_poses  # noqa: E402
 from edgepose.data.synthetic import generate_dataset, render_sample, sample_seed  # noqa: E402
 from edgepose.evaluation import run_bundle_eval  # noqa: E402
 from edgepose.models.checkpoints import load_checkpoint, read_checkpoint  # noqa: E402
-from edgepose.models.zoo import get_model_info, shipped_weights_path  # noqa: E402
+from edgepose.models.zoo import ZOO, get_model_info, shipped_weights_path  # noqa: E402
 
 #: the published evaluation stream (docs/reference-models.md): training never draws from it
 EVAL_STREAM = 1000
 
+#: reference models whose trained file is in the package now
+SHIPPED = [name for name in ZOO if shipped_weights_path(name) is not None]
 
-def test_kapao_n_ships_small_weights_that_say_how_they_were_made():
-    path = shipped_weights_path("kapao-n")
-    assert path is not None, "edgepose/weights/kapao-n.pt is missing from the package"
+
+def test_kapao_n_is_shipped():
+    assert "kapao-n" in SHIPPED, "edgepose/weights/kapao-n.pt is missing from the package"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_reference_model_ships_small_weights_that_say_how_they_were_made(name):
+    path = shipped_weights_path(name)
     assert path.stat().st_size < 10 * 2**20  # "a few MB"
     model, info = load_checkpoint(path)
-    assert info["name"] == "kapao-n" and model.family == "kapao"
+    assert info["name"] == name and model.family == get_model_info(name).family
     raw = read_checkpoint(path)  # the weights-only loader users get: the file must pass it
-    assert "edgepose train kapao-n --data synthetic" in raw["command"]
+    assert f"edgepose train {name} --data synthetic" in raw["command"]
     assert raw["train"]["data"] == "synthetic" and raw["wall_time_s"] > 0
     card = path.with_suffix(".md")
     assert card.is_file(), "the model card ships beside the weights"
     assert "val-v1" in card.read_text() and "1000" in card.read_text()
 
 
-@pytest.fixture(scope="module")
-def kapao_n_bundles(tmp_path_factory) -> dict[str, Path]:
-    """kapao-n exported with no --weights for ONNX Runtime and for OpenVINO (fp32), at its default size."""
-    root = tmp_path_factory.mktemp("kapao-n")
+@pytest.fixture(scope="module", params=SHIPPED)
+def bundles(request, tmp_path_factory) -> tuple[str, dict[str, Path]]:
+    """A shipped model exported with no --weights for ONNX Runtime and OpenVINO (fp32 and fp16)."""
+    name = request.param
+    root = tmp_path_factory.mktemp(name)
     out = {}
     for target in ("cpu", "openvino"):
         out[target] = root / target
-        export_model(ExportOptions(model="kapao-n", target=target, output=out[target]), log=lambda m: None)
+        export_model(ExportOptions(model=name, target=target, output=out[target]), log=lambda m: None)
     out["openvino-fp16"] = root / "openvino-fp16"
     export_model(
-        ExportOptions(model="kapao-n", target="openvino", precision="fp16", output=out["openvino-fp16"]),
+        ExportOptions(model=name, target="openvino", precision="fp16", output=out["openvino-fp16"]),
         log=lambda m: None,
     )
-    return out
+    return name, out
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +73,12 @@ def published_val(tmp_path_factory) -> Path:
     return generate_dataset(tmp_path_factory.mktemp("val") / "val", 250, EVAL_STREAM, "val-v1")
 
 
-def test_openvino_gives_the_cpu_bundle_poses_on_val_v1(kapao_n_bundles):
-    size = tuple(get_model_info("kapao-n").default_imgsz)
+def test_openvino_gives_the_cpu_bundle_poses_on_val_v1(bundles):
+    name, paths = bundles
+    size = tuple(get_model_info(name).default_imgsz)
     with (
-        edgepose.load(kapao_n_bundles["cpu"], preset="realtime") as cpu,
-        edgepose.load(kapao_n_bundles["openvino"], preset="realtime") as ov,
+        edgepose.load(paths["cpu"], preset="realtime") as cpu,
+        edgepose.load(paths["openvino"], preset="realtime") as ov,
     ):
         assert cpu.input_size == ov.input_size == size
         people = 0
@@ -90,16 +102,18 @@ def _ap(bundle: Path, data: Path) -> float:
     return run_bundle_eval(bundle, data / "annotations.json", data / "images")["AP"]
 
 
-def test_cpu_bundle_ap_matches_the_model_card(kapao_n_bundles, published_val):
+def test_cpu_bundle_ap_matches_the_model_card(bundles, published_val):
     """The card's AP is what the exported CPU bundle scores on the published stream (issue: within 0.03)."""
-    card = shipped_weights_path("kapao-n").with_suffix(".md").read_text()
+    name, paths = bundles
+    card = shipped_weights_path(name).with_suffix(".md").read_text()
     row = re.search(r"^\| AP \| AP50 .*\n\|[-| ]+\n\| ([0-9.]+) \|", card, re.MULTILINE)
     assert row, "the card has an AP table"
-    assert abs(_ap(kapao_n_bundles["cpu"], published_val) - float(row.group(1))) <= 0.03
+    assert abs(_ap(paths["cpu"], published_val) - float(row.group(1))) <= 0.03
 
 
-def test_openvino_fp16_keeps_the_fp32_ap(kapao_n_bundles, published_val):
+def test_openvino_fp16_keeps_the_fp32_ap(bundles, published_val):
     """fp16 weights (on a CPU: stored fp16, computed f32) cost at most 0.005 AP against the fp32 IR."""
-    fp32 = _ap(kapao_n_bundles["openvino"], published_val)
-    fp16 = _ap(kapao_n_bundles["openvino-fp16"], published_val)
-    assert fp32 > 0.2 and abs(fp16 - fp32) <= 0.005, (fp32, fp16)
+    _, paths = bundles
+    fp32 = _ap(paths["openvino"], published_val)
+    fp16 = _ap(paths["openvino-fp16"], published_val)
+    assert fp32 > 0.1 and abs(fp16 - fp32) <= 0.005, (fp32, fp16)

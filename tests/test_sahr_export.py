@@ -83,7 +83,10 @@ def test_sahr_t_end_to_end_export_bundle_and_predict(tiny_bundle):
     assert set(m["decoder"]["presets"]) == {"accuracy", "realtime"}
     assert m["decoder"]["presets"]["accuracy"]["project2image"] is True
     assert m["parity"]["max_rel_diff"] <= 1e-3 and m["parity"]["decoded_max_px"] <= 0.5
-    assert not _depthwise_9x9(onnx.load(str(tiny_bundle.artifact("model"))))
+    proto = onnx.load(str(tiny_bundle.artifact("model")))
+    assert not _depthwise_9x9(proto)
+    ops = {n.op_type for n in proto.graph.node}  # ONNX Runtime gets the sub-pixel deconvolution
+    assert "DepthToSpace" in ops and "ConvTranspose" not in ops
     image = sample_images(limit=1)[0]
     h, w = image.shape[:2]
     for preset in ("realtime", "accuracy"):
@@ -106,3 +109,14 @@ def test_the_same_onnx_runs_on_openvino(tiny_bundle):
     result = compiled({0: x})
     for i, name in enumerate(NAMES):
         assert float(np.abs(result[i] - want[name]).max() / np.abs(want[name]).max()) <= 1e-4
+
+
+def test_openvino_target_keeps_the_transposed_convolution(tmp_path):
+    """OpenVINO runs the transposed form faster; the sub-pixel rewrite is ONNX Runtime's alone."""
+    pytest.importorskip("openvino")
+    opts = ExportOptions(
+        model="sahr-t", target="openvino", random_weights=True, imgsz="256", output=tmp_path / "ov"
+    )
+    bundle = export_model(opts, log=lambda *_: None)
+    xml = bundle.artifact("ir").read_text()
+    assert "ConvolutionBackpropData" in xml and "DepthToSpace" not in xml

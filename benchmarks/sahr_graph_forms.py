@@ -1,0 +1,151 @@
+"""SAHR's deconvolution, form by form: the transposed convolution against its exact sub-pixel rewrite.
+
+ONNX Runtime has no INT8 transposed convolution: in a Q/DQ model it dequantizes, runs the
+transposed convolution in float and quantizes again, and on sahr-n that one layer is a fifth of the
+INT8 frame. The sub-pixel form (a 3x3 convolution with four output phases + DepthToSpace) is exact and
+quantizes like every other convolution, at 2.25x the multiply-adds of the layer. This script exports
+both forms of the same fused model (random weights: latency does not depend on them), checks they give
+the same outputs, quantizes each with edgepose's default ONNX Runtime recipe, and times ONNX Runtime
+fp32 and int8 and OpenVINO fp32, the two forms alternating in blocks of ``--block`` calls. Inference
+only, median per form. edgepose exports the sub-pixel form for ``--target cpu`` alone.
+
+    python benchmarks/sahr_graph_forms.py                      # sahr-n 512x384
+    python benchmarks/sahr_graph_forms.py --models sahr-n:512x384 sahr-w32:512 --iters 60 --json f.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+FORMS = ("transposed", "sub-pixel")
+NAMES = ["heatmaps_lo", "tags", "heatmaps_hi"]
+
+
+def _runner(runtime: str, path: Path, threads: int):
+    """One call of ``path`` on ``runtime`` (OpenVINO pinned to f32, as edgepose pins it)."""
+    if runtime == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(
+            str(path),
+            "CPU",
+            {
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": threads,
+                "INFERENCE_PRECISION_HINT": "f32",
+            },
+        )
+        request = compiled.create_infer_request()
+        return lambda x: [t.copy() for t in request.infer({0: x}).values()]
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"images": x})
+
+
+def _time(runners: dict, x, iters: int, block: int) -> dict[str, float]:
+    """Median ms per runner, runners taking turns in blocks."""
+    for run in runners.values():
+        for _ in range(5):
+            run(x)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    while len(next(iter(times.values()))) < iters:
+        for name, samples in times.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                runners[name](x)
+                samples.append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["sahr-n:512x384"])
+    ap.add_argument("--iters", type=int, default=60, help="timed calls per form and runtime")
+    ap.add_argument("--block", type=int, default=10)
+    ap.add_argument("--calib-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from edgepose.calibration.data import calibration_tensors, load_calibration
+    from edgepose.calibration.ort_quant import quantize_onnx
+    from edgepose.export.torch2onnx import torch_to_onnx
+
+    from edgepose.models.zoo import build_model
+    from edgepose.preprocess import parse_imgsz
+    from edgepose.sysinfo import machine_summary
+
+    torch.manual_seed(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.models:
+            name, _, size = spec.partition(":")
+            w, h = parse_imgsz(size)
+            base = build_model(name).eval()
+            calib = load_calibration("synthetic", size=args.calib_size, held_back=0)
+            tensors = list(calibration_tensors(calib.images, (w, h)))
+            x = tensors[0]
+            files: dict[tuple[str, str], Path] = {}
+            for form in FORMS:
+                model = copy.deepcopy(base).fuse(subpixel_deconv=form == "sub-pixel")
+                fp32 = torch_to_onnx(model, (w, h), Path(tmp) / f"{name}-{form}.onnx", NAMES)
+                int8 = Path(tmp) / f"{name}-{form}-int8.onnx"
+                quantize_onnx(fp32, int8, "images", tensors)
+                files[(form, "fp32")], files[(form, "int8")] = fp32, int8
+            ref, got = (_runner("onnxruntime", files[(f, "fp32")], args.threads)(x) for f in FORMS)
+            max_diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+            medians: dict[tuple[str, str], dict[str, float]] = {}
+            for runtime, precision in (
+                ("onnxruntime", "fp32"),
+                ("onnxruntime", "int8"),
+                ("openvino", "fp32"),
+            ):
+                runners = {f: _runner(runtime, files[(f, precision)], args.threads) for f in FORMS}
+                medians[(runtime, precision)] = _time(runners, x, args.iters, args.block)
+            for (runtime, precision), ms in medians.items():
+                fp32_ms = medians[(runtime, "fp32")]
+                rows.append(
+                    {
+                        "model": name,
+                        "imgsz": f"{w}x{h}",
+                        "runtime": runtime,
+                        "precision": precision,
+                        **{f"{form}_ms": ms[form] for form in FORMS},
+                        "form_speedup": ms["transposed"] / ms["sub-pixel"],
+                        **{f"int8_speedup_{form}": fp32_ms[form] / ms[form] for form in FORMS},
+                        "max_output_diff": max_diff,
+                    }
+                )
+    machine = machine_summary()
+    print(f"{machine['cpu']['model']}, {machine['cpu']['cores']} cores; {args.threads} threads")
+    print("| model | input | runtime | precision | transposed | sub-pixel | sub-pixel gain | max diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['imgsz']} | {r['runtime']} | {r['precision']} "
+            f"| {r['transposed_ms']:.1f} ms | {r['sub-pixel_ms']:.1f} ms | {r['form_speedup']:.2f}× "
+            f"| {r['max_output_diff']:.1e} |"
+        )
+    for r in rows:
+        if r["precision"] == "int8":
+            print(
+                f"{r['model']} {r['runtime']} INT8 over FP32 of the same form: transposed "
+                f"{r['int8_speedup_transposed']:.2f}×, sub-pixel {r['int8_speedup_sub-pixel']:.2f}×"
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
