@@ -325,6 +325,7 @@ def test_fused_model_equals_the_reference(dekr_t):
     fused = copy.deepcopy(dekr_t).fuse()
     assert fused.grouped_offset is not None
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert fused.input_std is None  # folded into conv1, padded borders included
     with torch.no_grad():
         for a, b in zip(fused(x), dekr_t(x)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))

@@ -87,6 +87,7 @@ def test_sahr_t_end_to_end_export_bundle_and_predict(tiny_bundle):
     assert not _depthwise_9x9(proto)
     ops = {n.op_type for n in proto.graph.node}  # ONNX Runtime gets the sub-pixel deconvolution
     assert "DepthToSpace" in ops and "ConvTranspose" not in ops
+    assert "Div" not in ops  # the input std is folded into the first convolution
     image = sample_images(limit=1)[0]
     h, w = image.shape[:2]
     for preset in ("realtime", "accuracy"):

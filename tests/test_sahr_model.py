@@ -207,6 +207,7 @@ def test_fuse_is_the_pruned_deploy_form_with_the_same_outputs(sahr_t):
     assert fused.deploy and not hasattr(fused, "conv_scale_layers")
     assert not any("conv_scale" in k for k in fused.state_dict())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert fused.input_std is None  # folded into conv1: the graph divides nothing
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         for a, b in zip(fused(x), sahr_t(x)):

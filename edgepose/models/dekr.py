@@ -43,8 +43,6 @@ from edgepose.models.hrnet import (
 
 OUTPUT_NAMES = ("heatmap", "offset")
 OUTPUT_STRIDE = 4
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -103,8 +101,6 @@ class DekrModel(HRNet):
         super().__init__(cfg.hrnet())
         self.cfg = cfg
         k, c_off = cfg.num_keypoints, cfg.offset_channels
-        self.register_buffer("input_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("input_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         inp = sum(cfg.hrnet().out_channels)
         self.transition_heatmap = self._transition_for_head(inp, cfg.heatmap_channels)
         self.transition_offset = self._transition_for_head(inp, k * c_off)
@@ -133,7 +129,7 @@ class DekrModel(HRNet):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) RGB in [0, 1] -> (heatmap (B, K+1, H/4, W/4), offset (B, 2K, H/4, W/4)), raw."""
-        x = (x - self.input_mean) / self.input_std
+        x = self.normalise(x)
         feats = concat_branches(self.features(x))
         heatmap = self.head_heatmap[1](self.head_heatmap[0](self.transition_heatmap(feats)))
         off = self.transition_offset(feats)
@@ -183,6 +179,7 @@ class DekrModel(HRNet):
             del self.offset_feature_layers
             del self.offset_final_layer
         fold_batchnorms(self)
+        self.fold_input_std()
         return self
 
 

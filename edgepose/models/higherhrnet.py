@@ -45,8 +45,6 @@ from edgepose.models.hrnet import (
 OUTPUT_NAMES = ("heatmaps_lo", "tags", "heatmaps_hi")
 #: input pixels per output pixel of (heatmaps_lo and tags, heatmaps_hi)
 OUTPUT_STRIDES = (4, 2)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALE_KERNEL = 9
 
 
@@ -160,8 +158,6 @@ class SahrModel(HRNet):
         super().__init__(cfg.hrnet())
         self.cfg = cfg
         k, w, dc = cfg.num_keypoints, cfg.width, cfg.deconv_channels
-        self.register_buffer("input_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("input_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         pad = 1 if cfg.final_kernel == 3 else 0
         self.final_layers = nn.ModuleList(
             [nn.Conv2d(w, 2 * k, cfg.final_kernel, 1, pad), nn.Conv2d(dc, k, cfg.final_kernel, 1, pad)]
@@ -185,7 +181,7 @@ class SahrModel(HRNet):
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (stride-4 features, stride-4 [heatmaps, tags], stride-2 features, stride-2 heatmaps)."""
-        x = (x - self.input_mean) / self.input_std
+        x = self.normalise(x)
         lo_feat = self.features(x)[0]
         lo = self.final_layers[0](lo_feat)
         hi_feat = self.deconv_layers[0](torch.cat([lo_feat, lo], 1))
@@ -251,6 +247,7 @@ class SahrModel(HRNet):
         if self.cfg.scale_aware and hasattr(self, "conv_scale_layers"):
             del self.conv_scale_layers
         fold_batchnorms(self)
+        self.fold_input_std()
         first = self.deconv_layers[0][0]
         if isinstance(first[1], nn.BatchNorm2d):
             first[0] = fold_deconv_bn(first[0], first[1])

@@ -25,6 +25,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from edgepose.errors import UsageError
 
 BN_MOMENTUM = 0.1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the input's width and height must be a multiple of this: four branches, the coarsest at stride 32
 INPUT_MULTIPLE = 32
 
@@ -278,10 +280,16 @@ class PoseTrunkConfig(TrunkConfigDict):
 
 
 class HRNet(nn.Module):
-    """The trunk. Subclasses add heads; ``features`` returns the branch outputs, finest first."""
+    """The trunk. Subclasses add heads; ``features`` returns the branch outputs, finest first.
+
+    The official pipelines normalise RGB with ImageNet mean/std before the network; here that is the
+    graph's first op (``normalise``), so a runtime feeds RGB / 255 as for every family.
+    """
 
     def __init__(self, cfg: HRNetConfig) -> None:
         super().__init__()
+        self.register_buffer("input_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         s = cfg.stem_channels
         self.conv1 = nn.Conv2d(3, s, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(s, momentum=BN_MOMENTUM)
@@ -323,6 +331,23 @@ class HRNet(nn.Module):
                 steps.append(_conv_bn(previous[-1], c, 2, relu=True))
                 layers.append(nn.Sequential(*steps))
         return nn.ModuleList(layers)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB / 255 -> ImageNet-normalised input (the std is in ``conv1`` after ``fold_input_std``)."""
+        x = x - self.input_mean
+        return x if self.input_std is None else x / self.input_std
+
+    def fold_input_std(self) -> None:
+        """Divide ``conv1``'s weights by the std per input channel and drop the graph's Div, in place.
+
+        Exact, borders included: ``conv1`` zero-pads the normalised image, and zero divided by the std is
+        still zero. The mean cannot fold the same way (the padding would have to be the mean).
+        """
+        if self.input_std is None:
+            return
+        with torch.no_grad():
+            self.conv1.weight.div_(self.input_std.view(1, 3, 1, 1))
+        self.input_std = None
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) normalised image -> branch outputs at strides 4, 8, 16, 32 (or the finest only)."""
