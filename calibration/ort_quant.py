@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 from edgepose.calibration.graph import ensure_node_names, float_tail
+from edgepose.calibration.graph_rewrites import subpixel_deconvolutions
 
 from edgepose.errors import UsageError
 
@@ -42,6 +43,9 @@ class OrtQuantConfig:
     percentile: float = 99.999
     #: "qdq" (portable: ORT, TensorRT and OpenVINO read it) or "qoperator" (QLinearConv & co., ORT only)
     format: str = "qdq"
+    #: quantize stride-2 transposed convolutions in their exact sub-pixel form (``graph_rewrites``):
+    #: ONNX Runtime has no INT8 ConvTranspose; TensorRT has, and keeps the original
+    subpixel_deconv: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -58,7 +62,11 @@ class OrtQuantConfig:
 #: TensorRT's explicit quantization wants symmetric int8 everywhere, Q/DQ on convolution inputs and
 #: weights and on residual adds (so the add runs in int8 between quantized convolutions).
 TENSORRT_CONFIG = OrtQuantConfig(
-    method="entropy", activations="s8", symmetric_activations=True, op_types=("Conv", "Add")
+    method="entropy",
+    activations="s8",
+    symmetric_activations=True,
+    op_types=("Conv", "Add"),
+    subpixel_deconv=False,
 )
 
 
@@ -102,15 +110,19 @@ class QuantizedOnnx:
         }
 
 
-def prepare_for_quantization(fp32_onnx: Path) -> onnx.ModelProto:
+def prepare_for_quantization(fp32_onnx: Path, subpixel_deconv: bool = False) -> onnx.ModelProto:
     """Nodes named, then ORT's documented pre-processing (shape inference, BatchNorm folding, clean-up),
     so calibration sees the tensors the optimized runtime graph has. Sensitivity analysis compares the
-    Q/DQ model against this graph, not the raw export."""
+    Q/DQ model against this graph, not the raw export. ``subpixel_deconv``: stride-2 transposed
+    convolutions in their exact sub-pixel form first (``OrtQuantConfig.subpixel_deconv``)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="edgepose-prep-") as tmp:
         named, prepared = Path(tmp) / "named.onnx", Path(tmp) / "prepared.onnx"
-        onnx.save(ensure_node_names(onnx.load(str(fp32_onnx))), str(named))
+        model = ensure_node_names(onnx.load(str(fp32_onnx)))
+        if subpixel_deconv:
+            model, _ = subpixel_deconvolutions(model)
+        onnx.save(model, str(named))
         quant_pre_process(str(named), str(prepared), skip_symbolic_shape=True)
         return onnx.load(str(prepared))
 
@@ -211,8 +223,8 @@ def quantize_onnx(
 
     ``exclude`` names extra layers to keep in float (the accuracy gate's sensitive layers). ``ranges``
     and ``prepared_model`` (``mean_minmax_ranges`` on ``tensors`` and ``prepare_for_quantization`` of
-    ``fp32_onnx``), when the caller quantizes the same model several times (the gate's rounds); made
-    here when None.
+    ``fp32_onnx`` with ``config.subpixel_deconv``), when the caller quantizes the same model several
+    times (the gate's rounds); made here when None.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -221,7 +233,7 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix="edgepose-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         if prepared_model is None:
-            prepared_model = prepare_for_quantization(fp32_onnx)
+            prepared_model = prepare_for_quantization(fp32_onnx, config.subpixel_deconv)
         onnx.save(prepared_model, str(prepared))
         tail = float_tail(prepared_model)
         extra: dict[str, Any] = {

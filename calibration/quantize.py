@@ -65,8 +65,9 @@ class Int8Request:
     max_ap_drop: float | None = None
     log: Callable[[str], None] = print
     _tail: list[str] | None = field(default=None, repr=False)
-    _ranges: dict[str, tuple[float, float]] | None = field(default=None, repr=False)
-    _prepared: onnx.ModelProto | None = field(default=None, repr=False)
+    #: keyed by ``OrtQuantConfig.subpixel_deconv``: the prepared graph (and so its tensors) depends on it
+    _ranges: dict[bool, dict[str, tuple[float, float]]] = field(default_factory=dict, repr=False)
+    _prepared: dict[bool, onnx.ModelProto] = field(default_factory=dict, repr=False)
 
     def float_tail(self) -> list[str]:
         """The FP32 graph's float tail, read once however many gate rounds quantize it."""
@@ -79,13 +80,15 @@ class Int8Request:
     ) -> QuantizedOnnx:
         """``quantize_onnx`` of the FP32 model. Its prepared graph, and the activation ranges of
         ``meanminmax``, are made once: they do not depend on which layers a gate round keeps in float."""
-        if self._prepared is None:
-            self._prepared = prepare_for_quantization(self.fp32_onnx)
-        if config.method == "meanminmax" and self._ranges is None:
-            self._ranges = mean_minmax_ranges(self._prepared, self.input_name, tensors)
-        ranges = self._ranges if config.method == "meanminmax" else None
+        form = config.subpixel_deconv
+        if form not in self._prepared:
+            self._prepared[form] = prepare_for_quantization(self.fp32_onnx, form)
+        prepared = self._prepared[form]
+        if config.method == "meanminmax" and form not in self._ranges:
+            self._ranges[form] = mean_minmax_ranges(prepared, self.input_name, tensors)
+        ranges = self._ranges[form] if config.method == "meanminmax" else None
         return quantize_onnx(
-            self.fp32_onnx, output, self.input_name, tensors, config, exclude, ranges, self._prepared
+            self.fp32_onnx, output, self.input_name, tensors, config, exclude, ranges, prepared
         )
 
 
@@ -296,7 +299,9 @@ def _rank(req: Int8Request, tensors: Sequence[np.ndarray], images: Sequence[np.n
     )
     q = req.quantize(tensors, qdq, config)
     probe = list(calibration_tensors(images, req.input_size))
-    full, ranked = rank_layers(q.path, req.fp32_onnx, req.input_name, probe)
+    full, ranked = rank_layers(
+        q.path, req.fp32_onnx, req.input_name, probe, subpixel_deconv=config.subpixel_deconv
+    )
     req.log(
         f"sensitivity: full INT8 error {full:.4g}; most sensitive: "
         + ", ".join(f"{r.layer} ({r.recovered:.0%})" for r in ranked[:4])

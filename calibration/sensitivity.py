@@ -464,17 +464,19 @@ def rank_layers(
     mode: str = "exclude",
     threads: int = 0,
     disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS,
+    subpixel_deconv: bool = False,
 ) -> tuple[float, list[LayerSensitivity]]:
     """The full-INT8 error and every layer's sensitivity, most sensitive (most error recovered) first.
 
-    ``fp32_path`` is the ONNX given to ``quantize_onnx``; it is pre-processed the same way here.
+    ``fp32_path`` is the ONNX given to ``quantize_onnx``; it is pre-processed the same way here
+    (``subpixel_deconv``: as the quantization config that made ``qdq_path`` says).
     ``layers`` defaults to every quantized layer; ``threads`` 0 lets ONNX Runtime choose. Sessions use
     ORT's default optimization level minus ``disabled_optimizers`` (see ``DISABLED_OPTIMIZERS``).
     """
     if not tensors:
         raise UsageError("sensitivity analysis needs at least one input tensor")
     qdq = onnx.load(str(qdq_path))
-    fp32 = prepare_for_quantization(Path(fp32_path))
+    fp32 = prepare_for_quantization(Path(fp32_path), subpixel_deconv)
     reference = _Reference(fp32, input_name, tensors, threads, disabled_optimizers)
     full = reference.error(qdq)
     names = list(quantized_layers(qdq) if layers is None else layers)

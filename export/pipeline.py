@@ -219,7 +219,7 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
             manifest_decoder = _with_rescore_file(manifest_decoder, RESCORE_FILE)
         onnx_path = Path(tmpdir) / "model.onnx"
         log(f"exporting {resolved.name} at {size[0]}x{size[1]} to ONNX (opset {opts.opset})")
-        export_model_copy = _fused_copy(model, opts.target)
+        export_model_copy = _fused_copy(model)
         torch_to_onnx(
             export_model_copy,
             size,
@@ -357,17 +357,9 @@ def _int8_settings(opts: ExportOptions, calibration, skeleton: Skeleton, workdir
     }
 
 
-def _fused_copy(model: torch.nn.Module, target: str) -> torch.nn.Module:
-    """A BatchNorm-folded copy for export; the unfused original stays the parity reference.
-
-    SAHR's deconvolution goes to ONNX Runtime (``--target cpu``) in its exact sub-pixel form, which
-    ONNX Runtime quantizes; the other targets run the transposed convolution faster as it is.
-    """
+def _fused_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A BatchNorm-folded copy for export; the unfused original stays the parity reference."""
     import copy
 
     clone = copy.deepcopy(model)
-    if not hasattr(clone, "fuse"):
-        return clone
-    if getattr(clone, "family", None) == "sahr":
-        return clone.fuse(subpixel_deconv=target == "cpu")
-    return clone.fuse()
+    return clone.fuse() if hasattr(clone, "fuse") else clone

@@ -124,9 +124,9 @@ def test_gate_rounds_prepare_and_measure_the_ranges_once(tmp_path, monkeypatch):
     prepares = []
     real_prepare = quantize.prepare_for_quantization
 
-    def counting_prepare(path):
+    def counting_prepare(path, subpixel_deconv=False):
         prepares.append(1)
-        return real_prepare(path)
+        return real_prepare(path, subpixel_deconv)
 
     for module in (quantize, ort_quant):
         monkeypatch.setattr(module, "prepare_for_quantization", counting_prepare)

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from edgepose.errors import CheckpointError, UsageError  # noqa: E402
 from edgepose.models.checkpoints import load_checkpoint  # noqa: E402
-from edgepose.models.higherhrnet import SahrConfig, SahrModel, _deconv_padding, subpixel_conv  # noqa: E402
+from edgepose.models.higherhrnet import SahrConfig, SahrModel  # noqa: E402
 from edgepose.models.sahr_checkpoints import load_sahr_checkpoint  # noqa: E402
 from edgepose.models.zoo import ZOO, build_model, measure  # noqa: E402
 from edgepose.training.sahr_loss import (  # noqa: E402
@@ -214,35 +214,6 @@ def test_fuse_is_the_pruned_deploy_form_with_the_same_outputs(sahr_t):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     with pytest.raises(UsageError, match="fused for deployment"):
         fused.forward_train(x)
-
-
-@pytest.mark.parametrize("kernel", [4, 3, 2])
-@pytest.mark.parametrize("bias", [True, False])
-def test_subpixel_conv_equals_the_transposed_convolution(kernel, bias):
-    """Every output phase and every border pixel, on odd sizes, for each kernel SAHR allows."""
-    torch.manual_seed(kernel)
-    padding, output_padding = _deconv_padding(kernel)
-    deconv = nn.ConvTranspose2d(6, 5, kernel, 2, padding, output_padding=output_padding, bias=bias)
-    x = torch.randn(2, 6, 7, 10)
-    with torch.no_grad():
-        want, got = deconv(x), subpixel_conv(deconv)(x)
-    assert got.shape == want.shape == (2, 5, 14, 20)
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
-
-
-def test_subpixel_conv_refuses_what_it_cannot_rewrite():
-    with pytest.raises(ValueError, match="stride-2"):
-        subpixel_conv(nn.ConvTranspose2d(4, 4, 4, 4, 0))
-
-
-def test_fuse_with_a_subpixel_deconvolution_keeps_the_outputs(sahr_t):
-    fused = copy.deepcopy(sahr_t).fuse(subpixel_deconv=True)
-    assert not any(isinstance(m, nn.ConvTranspose2d) for m in fused.modules())
-    assert any(isinstance(m, nn.PixelShuffle) for m in fused.modules())
-    x = torch.rand(2, 3, 64, 96)
-    with torch.no_grad():
-        for a, b in zip(fused(x), sahr_t(x)):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def _gflops(fn, x) -> float:

@@ -120,35 +120,6 @@ def fold_deconv_bn(deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.ConvTra
     return fused
 
 
-def subpixel_conv(deconv: nn.ConvTranspose2d) -> nn.Sequential:
-    """A 3x3 convolution + PixelShuffle(2) equal to a stride-2 transposed convolution (kernel 2, 3 or 4
-    with ``_deconv_padding``'s padding).
-
-    Output pixel ``2m + r`` of the transposed convolution sums input pixels ``m + d`` with kernel tap
-    ``r + padding - 2d``, for the offsets ``d`` in {-1, 0, 1} whose tap exists. So each of the four output
-    phases (ry, rx) is an ordinary convolution over the 3x3 neighbourhood with some taps zero, and the
-    four phases stacked as channels ``c * 4 + ry * 2 + rx`` are exactly what PixelShuffle interleaves.
-    Zero padding stands for the input pixels the transposed convolution never reads, so borders agree.
-    """
-    cin, cout, k, _ = deconv.weight.shape
-    if deconv.stride != (2, 2) or deconv.groups != 1 or deconv.dilation != (1, 1):
-        raise ValueError("subpixel_conv rewrites stride-2, ungrouped, undilated transposed convolutions")
-    pad = deconv.padding[0]
-    # taps[r, j]: the kernel index that output phase r reads at 3x3 position j (offset j - 1), or -1
-    taps = torch.tensor([[r + pad - 2 * (j - 1) for j in range(3)] for r in range(2)])
-    valid = (taps >= 0) & (taps < k)
-    idx = taps.clamp(0, k - 1)
-    w = deconv.weight.detach()[:, :, idx][:, :, :, :, idx]  # (cin, cout, ry, jy, rx, jx)
-    mask = (valid[:, :, None, None] & valid[None, None]).to(w.dtype)  # (ry, jy, rx, jx)
-    w = (w * mask).permute(1, 2, 4, 0, 3, 5).reshape(4 * cout, cin, 3, 3)
-    conv = nn.Conv2d(cin, 4 * cout, 3, 1, 1, bias=deconv.bias is not None).to(w.device)
-    with torch.no_grad():
-        conv.weight.copy_(w)
-        if deconv.bias is not None:
-            conv.bias.copy_(deconv.bias.detach().repeat_interleave(4))
-    return nn.Sequential(conv, nn.PixelShuffle(2))
-
-
 class SahrModel(HRNet):
     """HigherHRNet / SWAHR: ``forward`` maps RGB/255 to raw (heatmaps_lo, tags, heatmaps_hi)."""
 
@@ -234,15 +205,9 @@ class SahrModel(HRNet):
             "input_normalisation": "in-graph ImageNet mean/std on RGB/255",
         }
 
-    def fuse(self, subpixel_deconv: bool = False) -> SahrModel:
+    def fuse(self) -> SahrModel:
         """The deployment form, in place (eval mode; irreversible): BatchNorms folded (the deconvolution's
-        too) and the training-only scale branches deleted, so the exported graph never computes them.
-
-        ``subpixel_deconv`` also rewrites the transposed convolution as its exact sub-pixel form (a 3x3
-        convolution + DepthToSpace): ONNX Runtime has no INT8 transposed convolution and runs it in
-        float between a dequantize and a quantize, while the convolution quantizes
-        (``benchmarks/sahr_graph_forms.py``). OpenVINO and TensorRT run the transposed form faster.
-        """
+        too) and the training-only scale branches deleted, so the exported graph never computes them."""
         self.eval()
         if self.cfg.scale_aware and hasattr(self, "conv_scale_layers"):
             del self.conv_scale_layers
@@ -252,8 +217,6 @@ class SahrModel(HRNet):
         if isinstance(first[1], nn.BatchNorm2d):
             first[0] = fold_deconv_bn(first[0], first[1])
             first[1] = nn.Identity()
-        if subpixel_deconv and isinstance(first[0], nn.ConvTranspose2d):
-            first[0] = subpixel_conv(first[0])
         self.deploy = True
         return self
 
