@@ -169,10 +169,7 @@ def main() -> None:
     )
     print(f"{'preset':<10}{'poses':>7}{'numba ms':>11}{'numpy ms':>11}{'speed-up':>10}")
     for name, r in rows.items():
-        print(
-            f"{name:<10}{r['poses']:>7}{r['numba_ms']:>11.3f}{r['numpy_ms']:>11.3f}"
-            f"{r['speedup']:>9.1f}x"
-        )
+        print(f"{name:<10}{r['poses']:>7}{r['numba_ms']:>11.3f}{r['numpy_ms']:>11.3f}{r['speedup']:>9.1f}x")
     result = {"imgsz": args.imgsz, "people": args.people, "presets": rows}
     if args.in_graph:
         g = time_in_graph(outputs, PRESETS["accuracy"], args.iters)

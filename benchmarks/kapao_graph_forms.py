@@ -16,33 +16,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from _graph_forms import runners, time_round_robin
+
 FORMS = ("slices", "folded", "channel-major")
-
-
-def _sessions(path: Path, threads: int) -> dict:
-    """One ONNX Runtime session and one OpenVINO compiled model (f32, as edgepose pins it) per file."""
-    import onnxruntime as ort
-    import openvino as ov
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    compiled = ov.Core().compile_model(
-        str(path),
-        "CPU",
-        {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"},
-    )
-    request = compiled.create_infer_request()
-    name = session.get_inputs()[0].name
-    return {
-        "onnxruntime": lambda x: session.run(None, {name: x}),
-        "openvino": lambda x: [t.copy() for t in request.infer({0: x}).values()],
-    }
 
 
 def main() -> None:
@@ -77,7 +56,7 @@ def main() -> None:
                     model.use_export_layout()
                 onnx_path = Path(tmp) / f"{name}-{form}.onnx"
                 path = torch_to_onnx(model, (w, h), onnx_path, ["p3", "p4", "p5", "p6"])
-                forms[form] = _sessions(path, args.threads)
+                forms[form] = runners(path, args.threads)
             ref = forms["slices"]["onnxruntime"](x)
             max_diff = 0.0
             for form in FORMS[1:]:
@@ -86,17 +65,8 @@ def main() -> None:
                     got = [g.transpose(0, 1, 3, 4, 2) for g in got]
                 max_diff = max(max_diff, *(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
             for runtime in ("onnxruntime", "openvino"):
-                times: dict[str, list[float]] = {form: [] for form in FORMS}
-                for form in times:  # warm-up
-                    for _ in range(5):
-                        forms[form][runtime](x)
-                while len(times["slices"]) < args.iters:
-                    for form, samples in times.items():
-                        for _ in range(args.block):
-                            t0 = time.perf_counter()
-                            forms[form][runtime](x)
-                            samples.append((time.perf_counter() - t0) * 1e3)
-                medians = {form: statistics.median(t) for form, t in times.items()}
+                by_form = {form: forms[form][runtime] for form in FORMS}
+                medians = time_round_robin(by_form, x, args.iters, args.block)
                 rows.append(
                     {
                         "model": name,

@@ -18,52 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
+
+from _graph_forms import runners, time_round_robin
 
 FORMS = ("transposed", "sub-pixel")
 NAMES = ["heatmaps_lo", "tags", "heatmaps_hi"]
-
-
-def _runner(runtime: str, path: Path, threads: int):
-    """One call of ``path`` on ``runtime`` (OpenVINO pinned to f32, as edgepose pins it)."""
-    if runtime == "openvino":
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(
-            str(path),
-            "CPU",
-            {
-                "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_NUM_THREADS": threads,
-                "INFERENCE_PRECISION_HINT": "f32",
-            },
-        )
-        request = compiled.create_infer_request()
-        return lambda x: [t.copy() for t in request.infer({0: x}).values()]
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"images": x})
-
-
-def _time(runners: dict, x, iters: int, block: int) -> dict[str, float]:
-    """Median ms per runner, runners taking turns in blocks."""
-    for run in runners.values():
-        for _ in range(5):
-            run(x)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    while len(next(iter(times.values()))) < iters:
-        for name, samples in times.items():
-            for _ in range(block):
-                t0 = time.perf_counter()
-                runners[name](x)
-                samples.append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -89,13 +50,13 @@ def main() -> None:
     from edgepose.sysinfo import machine_summary
 
     torch.manual_seed(0)
+    calib = load_calibration("synthetic", size=args.calib_size, held_back=0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.models:
             name, _, size = spec.partition(":")
             w, h = parse_imgsz(size)
             base = build_model(name).eval()
-            calib = load_calibration("synthetic", size=args.calib_size, held_back=0)
             tensors = list(calibration_tensors(calib.images, (w, h)))
             x = tensors[0]
             files: dict[tuple[str, str], Path] = {}
@@ -108,7 +69,9 @@ def main() -> None:
                 int8 = Path(tmp) / f"{name}-{form}-int8.onnx"
                 quantize_onnx(fp32, int8, "images", tensors, OrtQuantConfig(subpixel_deconv=False))
                 files[(form, "fp32")], files[(form, "int8")] = fp32, int8
-            ref, got = (_runner("onnxruntime", files[(f, "fp32")], args.threads)(x) for f in FORMS)
+            ref, got = (
+                runners(files[(f, "fp32")], args.threads, ["onnxruntime"])["onnxruntime"](x) for f in FORMS
+            )
             max_diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
             medians: dict[tuple[str, str], dict[str, float]] = {}
             for runtime, precision in (
@@ -116,8 +79,8 @@ def main() -> None:
                 ("onnxruntime", "int8"),
                 ("openvino", "fp32"),
             ):
-                runners = {f: _runner(runtime, files[(f, precision)], args.threads) for f in FORMS}
-                medians[(runtime, precision)] = _time(runners, x, args.iters, args.block)
+                by_form = {f: runners(files[(f, precision)], args.threads, [runtime])[runtime] for f in FORMS}
+                medians[(runtime, precision)] = time_round_robin(by_form, x, args.iters, args.block)
             for (runtime, precision), ms in medians.items():
                 fp32_ms = medians[(runtime, "fp32")]
                 rows.append(
