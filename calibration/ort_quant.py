@@ -110,11 +110,12 @@ class QuantizedOnnx:
         }
 
 
-def prepare_for_quantization(fp32_onnx: Path, subpixel_deconv: bool = False) -> onnx.ModelProto:
+def prepare_for_quantization(fp32_onnx: Path, subpixel_deconv: bool = True) -> onnx.ModelProto:
     """Nodes named, then ORT's documented pre-processing (shape inference, BatchNorm folding, clean-up),
     so calibration sees the tensors the optimized runtime graph has. Sensitivity analysis compares the
     Q/DQ model against this graph, not the raw export. ``subpixel_deconv``: stride-2 transposed
-    convolutions in their exact sub-pixel form first (``OrtQuantConfig.subpixel_deconv``)."""
+    convolutions in their exact sub-pixel form first (``OrtQuantConfig.subpixel_deconv``, whose default
+    this follows; a graph without them is unchanged)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="edgepose-prep-") as tmp:

@@ -464,7 +464,7 @@ def rank_layers(
     mode: str = "exclude",
     threads: int = 0,
     disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS,
-    subpixel_deconv: bool = False,
+    subpixel_deconv: bool = True,
 ) -> tuple[float, list[LayerSensitivity]]:
     """The full-INT8 error and every layer's sensitivity, most sensitive (most error recovered) first.
 

@@ -124,7 +124,7 @@ def test_gate_rounds_prepare_and_measure_the_ranges_once(tmp_path, monkeypatch):
     prepares = []
     real_prepare = quantize.prepare_for_quantization
 
-    def counting_prepare(path, subpixel_deconv=False):
+    def counting_prepare(path, subpixel_deconv=True):
         prepares.append(1)
         return real_prepare(path, subpixel_deconv)
 

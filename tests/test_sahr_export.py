@@ -113,8 +113,8 @@ def test_the_same_onnx_runs_on_openvino(tiny_bundle):
 
 
 def test_cpu_int8_quantizes_the_deconvolution_in_its_subpixel_form(tmp_path):
-    """ONNX Runtime has no INT8 ConvTranspose: its quantizer gets the exact sub-pixel form, and the
-    INT8 bundle's poses agree with FP32 (the export's own held-back check)."""
+    """ONNX Runtime has no INT8 ConvTranspose: its quantizer gets the exact sub-pixel form, whose
+    convolution weights are quantized like any other, and the manifest says so."""
     opts = ExportOptions(
         model="sahr-t",
         random_weights=True,
