@@ -71,11 +71,26 @@ def test_numba_equals_the_numpy_reference_on_random_maps(seed):
         {"adjust": False},
         {"refine": False},
         {"nms_kernel": 3, "tag_threshold": 0.5},
+        {"min_score": 0.5},
     ]
     for preset in PRESETS.values():
-        for v in variants:
-            got = _both(out, meta, preset.replace(**v), HEAD)
+        for v in variants:  # every group kept (min_score 0) unless the variant says otherwise
+            got = _both(out, meta, preset.replace(**{"min_score": 0.0, **v}), HEAD)
             assert len(got) > 0
+
+
+def test_min_score_drops_exactly_the_low_scoring_people_and_keeps_their_order():
+    out = _random_outputs(0)
+    meta = _meta(64)
+    for preset in PRESETS.values():
+        every = _both(out, meta, preset.replace(min_score=0.0))
+        kept = _both(out, meta, preset.replace(min_score=0.5))
+        mask = every.scores >= 0.5
+        assert 0 < mask.sum() < len(every)
+        np.testing.assert_array_equal(kept.keypoints, every.keypoints[mask])
+        np.testing.assert_array_equal(kept.scores, every.scores[mask])
+    with pytest.raises(UsageError, match="min_score"):
+        PRESETS["realtime"].replace(min_score=1.5)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -195,7 +210,7 @@ def test_refinement_fills_a_missing_joint_from_the_persons_tag():
     heat[9, 40, 50] = 0.5  # a stronger response elsewhere, with another person's tag
     tags[:] = 0.75
     tags[9, 18:22, 23:27] = 3.0  # around (50, 40) at stride 2
-    params = PRESETS["realtime"].replace(detection_threshold=0.1)
+    params = PRESETS["realtime"].replace(detection_threshold=0.1, min_score=0.0)  # official: keep every group
     poses = _both(_outputs(heat, tags), _meta(128), params)
     assert len(poses) == 2  # the stray response starts its own group
     person = poses.select(poses.scores > 0.5)
@@ -217,13 +232,16 @@ def test_more_detections_than_people_start_new_groups():
     for x, y, t in ((26, 10, 6.0), (26, 30, 9.0), (26, 50, 0.0)):  # three extra wrists (joint 9)
         _peak(heat, 9, x, y, 0.6)
         tags[9, y // 2 - 1 : y // 2 + 2, x // 2 - 1 : x // 2 + 2] = t
-    params = PRESETS["realtime"].replace(detection_threshold=0.1, refine=False)
+    params = PRESETS["realtime"].replace(detection_threshold=0.1, refine=False, min_score=0.0)  # official
     poses = _both(_outputs(heat, tags), _meta(128), params)
     found = (poses.keypoints[..., 2] > 0).sum(1)
     # the third extra wrist has person A's tag, but A already has a stronger wrist: it starts a group too
     assert len(poses) == 5 and sorted(found.tolist()) == [1, 1, 1, 17, 17]
     singles = poses.scores[found == 1]
     np.testing.assert_allclose(singles, 0.6 / 17, rtol=1e-6)
+    # the realtime preset's min_score (0.1) drops the one-joint groups (0.6 / 17) and keeps A and B
+    camera = _both(_outputs(heat, tags), _meta(128), params.replace(min_score=PRESETS["realtime"].min_score))
+    assert len(camera) == 2 and (camera.keypoints[..., 2] > 0).all()
     capped = _both(_outputs(heat, tags), _meta(128), params.replace(max_people=2))
     assert (capped.keypoints[..., 2] > 0).sum(1).tolist() == [17, 17]  # top-2 per joint only
 

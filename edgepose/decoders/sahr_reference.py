@@ -17,6 +17,7 @@ from edgepose.decoders.sahr import (
     Outputs,
     SahrHead,
     SahrParams,
+    keep_confident,
     parse_scale,
     read_outputs,
     to_poses,
@@ -200,5 +201,5 @@ def decode_reference(outputs: Outputs, meta: LetterboxMeta, params: SahrParams, 
     heat, tag = aggregate(lo, tag_lo, hi, params.project2image)
     cands = candidates(heat, params.threshold(head), params.nms_kernel, params.max_people)
     joints = group(heat, tag, cands, params, head)
-    kps, scores = finish(joints, heat, tag, params)
+    kps, scores = keep_confident(*finish(joints, heat, tag, params), params)
     return to_poses(kps, scores, parse_scale(params, head), meta, params, head.num_keypoints)
