@@ -102,18 +102,36 @@ def _ap(bundle: Path, data: Path) -> float:
     return run_bundle_eval(bundle, data / "annotations.json", data / "images")["AP"]
 
 
-def test_cpu_bundle_ap_matches_the_model_card(bundles, published_val):
-    """The card's AP is what the exported CPU bundle scores on the published stream (issue: within 0.03)."""
-    name, paths = bundles
+def _card_ap(name: str) -> float:
+    """The AP the model card publishes: the first cell of its ``| AP | AP50 ...`` table."""
     card = shipped_weights_path(name).with_suffix(".md").read_text()
     row = re.search(r"^\| AP \| AP50 .*\n\|[-| ]+\n\| ([0-9.]+) \|", card, re.MULTILINE)
     assert row, "the card has an AP table"
-    assert abs(_ap(paths["cpu"], published_val) - float(row.group(1))) <= 0.03
+    return float(row.group(1))
 
 
-def test_openvino_fp16_keeps_the_fp32_ap(bundles, published_val):
-    """fp16 weights (on a CPU: stored fp16, computed f32) cost at most 0.005 AP against the fp32 IR."""
+@pytest.fixture(scope="module")
+def cpu_ap(bundles, published_val) -> float:
+    """The exported CPU bundle's AP on the published stream, measured once per model."""
     _, paths = bundles
-    fp32 = _ap(paths["openvino"], published_val)
+    return _ap(paths["cpu"], published_val)
+
+
+def test_cpu_bundle_ap_matches_the_model_card(bundles, cpu_ap):
+    """The card's AP is what the exported CPU bundle scores on the published stream (issue: within 0.03)."""
+    name, _ = bundles
+    assert abs(cpu_ap - _card_ap(name)) <= 0.03
+
+
+def test_openvino_fp16_keeps_the_fp32_ap(bundles, cpu_ap, published_val):
+    """fp16 weights (on a CPU: stored fp16, computed f32) cost at most 0.005 AP against fp32.
+
+    The fp32 figure is the CPU bundle's: OpenVINO's fp32 IR gives its poses (the test above), so one
+    evaluation serves both. The comparison means something only on a trained model, so the card must
+    claim a clearly trained model (AP > 0.05; untrained is ~0.000) and fp32 must score it (within 0.03).
+    """
+    name, paths = bundles
+    card = _card_ap(name)
+    assert card > 0.05 and cpu_ap >= card - 0.03, (card, cpu_ap)
     fp16 = _ap(paths["openvino-fp16"], published_val)
-    assert fp32 > 0.2 and abs(fp16 - fp32) <= 0.005, (fp32, fp16)
+    assert abs(fp16 - cpu_ap) <= 0.005, (cpu_ap, fp16)
