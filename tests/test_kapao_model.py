@@ -335,8 +335,9 @@ def test_models_table_says_which_reference_weights_exist():
 
     assert weights_status("kapao-n") == "shipped: edgepose/weights/kapao-n.pt"
     assert weights_status("kapao-s").startswith("official: kapao_s_coco.pt")
-    if shipped_weights_path("sahr-n") is None:
-        assert weights_status("sahr-n") == "not trained yet; will ship as edgepose/weights/sahr-n.pt"
+    assert weights_status("sahr-n") == "shipped: edgepose/weights/sahr-n.pt"
+    if shipped_weights_path("dekr-n") is None:
+        assert weights_status("dekr-n") == "not trained yet; will ship as edgepose/weights/dekr-n.pt"
 
 
 def test_unknown_model_name():
