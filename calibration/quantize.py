@@ -10,9 +10,12 @@ artifacts plus the manifest's ``calibration`` section:
   accuracy is checked here by running that same Q/DQ ONNX in ONNX Runtime.
 
 Every INT8 candidate is compared with FP32 on the held-back calibration images (pose agreement). With
-validation data and ``max_ap_drop`` the gate evaluates FP32 and INT8 AP; when INT8 loses more, the
-layers whose quantization hurts most (``sensitivity.rank_layers``) are kept in float, a few more each
-round, until the drop is within budget or the rounds run out (then ``ExportError`` with the table).
+validation data and ``max_ap_drop`` the gate evaluates FP32 and INT8 AP; when INT8 loses more, it first
+tries the ``fallback_methods`` (the other calibration methods, when the user did not pin one: which
+range estimator suits a model varies, and a spread-out loss is in the ranges, not in any one layer) and
+keeps the best; then the layers whose quantization hurts most (``sensitivity.rank_layers``) are kept in
+float, a few more each round, until the drop is within budget or the rounds run out (then
+``ExportError`` with the table).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import onnx
 from edgepose.calibration.data import CalibrationSet, calibration_tensors
 from edgepose.calibration.graph import float_tail
 from edgepose.calibration.ort_quant import (
+    DEFAULT_METHOD,
     TENSORRT_CONFIG,
     OrtQuantConfig,
     QuantizedOnnx,
@@ -59,7 +63,9 @@ class Int8Request:
     decoder_cfg: dict[str, Any]
     sigmas: np.ndarray
     calibration: CalibrationSet
-    method: str = "meanminmax"
+    method: str = DEFAULT_METHOD
+    #: calibration methods the gate tries, in order, when ``method`` loses more than ``max_ap_drop``
+    fallback_methods: tuple[str, ...] = ()
     openvino_source: str = "nncf"
     validation: ValidationSet | None = None
     max_ap_drop: float | None = None
@@ -90,6 +96,10 @@ class Int8Request:
         return quantize_onnx(
             self.fp32_onnx, output, self.input_name, tensors, config, exclude, ranges, prepared
         )
+
+    def uses_ort_ranges(self) -> bool:
+        """Whether the calibration method matters: ONNX Runtime's Q/DQ (NNCF keeps its own estimator)."""
+        return self.target != "openvino" or self.openvino_source == "qdq"
 
 
 @dataclass
@@ -208,23 +218,34 @@ def quantize_for_target(req: Int8Request) -> Int8Result:
     excluded: list[str] = []
     ranking: list[Any] = []
     rounds: list[dict[str, Any]] = []
+    methods: list[dict[str, Any]] = []
     for round_no in range(_MAX_GATE_ROUNDS + 1):
         cand = _build(req, tensors, excluded, str(round_no))
         with cand.open() as rt:
             agree = agreement(fp32_poses, _poses(rt, req, check_images), req.sigmas)
             int8_ap = _ap(rt, req, req.validation) if req.validation is not None else None
-        rounds.append({"excluded_layers": len(excluded), "AP": int8_ap})
         if fp32_ap is None or req.max_ap_drop is None:
+            rounds.append({"excluded_layers": 0, "method": req.method, "AP": int8_ap})
             break
         drop = fp32_ap - int8_ap
         req.log(
             f"gate: FP32 AP {fp32_ap:.4f}, INT8 AP {int8_ap:.4f} (drop {drop:.4f}, "
             f"allowed {req.max_ap_drop:g}) with {len(excluded)} layer(s) in float"
         )
+        if round_no == 0 and drop > req.max_ap_drop and req.fallback_methods and req.uses_ort_ranges():
+            first = (cand, agree, int8_ap)
+            (cand, agree, int8_ap), methods = _try_methods(
+                req, tensors, fp32_poses, check_images, fp32_ap, first
+            )
+            drop = fp32_ap - int8_ap
+        rounds.append({"excluded_layers": len(excluded), "method": req.method, "AP": int8_ap})
         if drop <= req.max_ap_drop:
             break
         if round_no == _MAX_GATE_ROUNDS:
-            table = "; ".join(f"{r['excluded_layers']} in float: AP {r['AP']:.4f}" for r in rounds)
+            table = "; ".join(
+                [f"{m['method']}: AP {m['AP']:.4f}" for m in methods]
+                + [f"{r['method']}, {r['excluded_layers']} in float: AP {r['AP']:.4f}" for r in rounds]
+            )
             raise ExportError(
                 f"INT8 loses {drop:.4f} AP (allowed {req.max_ap_drop:g}) even with {len(excluded)} layers "
                 f"kept in float (FP32 AP {fp32_ap:.4f}; {table}); raise --max-ap-drop, calibrate on more "
@@ -253,7 +274,7 @@ def quantize_for_target(req: Int8Request) -> Int8Result:
                 "data": "held-back calibration images",
                 "reference": "FP32 ONNX in ONNX Runtime",
             },
-            "gate": _gate_record(req, fp32_ap, rounds, int8_ap),
+            "gate": _gate_record(req, fp32_ap, rounds, int8_ap, methods),
         },
     }
     if fp32_ap is not None:
@@ -266,8 +287,40 @@ def quantize_for_target(req: Int8Request) -> Int8Result:
     return Int8Result(cand.artifacts, manifest)
 
 
+def _try_methods(
+    req: Int8Request,
+    tensors: Sequence[np.ndarray],
+    fp32_poses: list[Poses],
+    check_images: Sequence[np.ndarray],
+    fp32_ap: float,
+    first: tuple[Int8Candidate, dict[str, Any], float],
+) -> tuple[tuple[Int8Candidate, dict[str, Any], float], list[dict[str, Any]]]:
+    """Quantize with each fallback calibration method until one fits the budget; keep the best build.
+
+    ``first`` is the requested method's (candidate, agreement, AP). Returns the best of them all and the
+    AP of every method tried; ``req.method`` ends as the chosen method, so later rounds (layers kept in
+    float) and the manifest use it.
+    """
+    best, best_method = first, req.method
+    tried = [{"method": req.method, "AP": first[2]}]
+    for method in req.fallback_methods:
+        req.method = method
+        cand = _build(req, tensors, [], f"0-{method}")
+        with cand.open() as rt:
+            agree = agreement(fp32_poses, _poses(rt, req, check_images), req.sigmas)
+            ap = _ap(rt, req, req.validation)
+        tried.append({"method": method, "AP": ap})
+        req.log(f"gate: calibration method {method}: INT8 AP {ap:.4f} (drop {fp32_ap - ap:.4f})")
+        if ap > best[2]:
+            best, best_method = (cand, agree, ap), method
+        if fp32_ap - ap <= req.max_ap_drop:
+            break
+    req.method = best_method
+    return best, tried
+
+
 def _gate_record(
-    req: Int8Request, fp32_ap: float | None, rounds: list, int8_ap: float | None
+    req: Int8Request, fp32_ap: float | None, rounds: list, int8_ap: float | None, methods: list
 ) -> dict[str, Any]:
     if req.validation is None or req.max_ap_drop is None:
         return {
@@ -283,6 +336,7 @@ def _gate_record(
         "ap_drop": fp32_ap - int8_ap,
         "data": req.validation.description,
         "rounds": rounds,
+        **({"methods_tried": methods} if methods else {}),
     }
 
 

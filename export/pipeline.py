@@ -53,7 +53,8 @@ class ExportOptions:
     calib: str | None = None
     calib_size: int = 300
     calib_seed: int = 0
-    calib_method: str = "meanminmax"
+    #: None: meanminmax, and the accuracy gate may try the other methods; a name pins that method
+    calib_method: str | None = None
     int8_source: str = "nncf"
     val: str | None = None
     val_size: int = 100
@@ -340,6 +341,16 @@ def _with_rescore_file(cfg: dict[str, Any], file: str) -> dict[str, Any]:
     return {**cfg, "head": {**cfg["head"], "rescore_file": file}}
 
 
+def calibration_methods(pinned: str | None) -> dict[str, Any]:
+    """``Int8Request``'s method and fallbacks: a method the user names is the only one used; otherwise
+    the default comes first and the gate may try the others, in ``METHODS`` order."""
+    from edgepose.calibration.ort_quant import DEFAULT_METHOD, METHODS
+
+    if pinned is not None:
+        return {"method": pinned, "fallback_methods": ()}
+    return {"method": DEFAULT_METHOD, "fallback_methods": tuple(m for m in METHODS if m != DEFAULT_METHOD)}
+
+
 def _int8_settings(opts: ExportOptions, calibration, skeleton: Skeleton, workdir: Path) -> dict[str, Any]:
     """The INT8 part of the export context: calibration set, validation data and gate settings."""
     validation = None
@@ -350,7 +361,7 @@ def _int8_settings(opts: ExportOptions, calibration, skeleton: Skeleton, workdir
     return {
         "sigmas": skeleton.sigmas_array,
         "calibration": calibration,
-        "method": opts.calib_method,
+        **calibration_methods(opts.calib_method),
         "openvino_source": opts.int8_source,
         "validation": validation,
         "max_ap_drop": opts.max_ap_drop,

@@ -156,28 +156,38 @@ def _self_labelled_validation(fp32_bundle: Path, folder: Path) -> ValidationSet:
     return ValidationSet(data, folder / "images", "self-labelled samples")
 
 
-def test_gate_keeps_sensitive_layers_in_float_or_refuses_cleanly(tmp_path):
+@pytest.fixture(scope="module")
+def gate_case(tmp_path_factory) -> tuple:
+    """A random kapao-t FP32 bundle, validation data it labelled itself, and 12 calibration images."""
+    root = tmp_path_factory.mktemp("gate")
     fp32 = export_model(
-        ExportOptions(model="kapao-t", random_weights=True, imgsz="256", output=tmp_path / "fp32"),
+        ExportOptions(model="kapao-t", random_weights=True, imgsz="256", output=root / "fp32"),
         log=lambda m: None,
     )
-    val = _self_labelled_validation(fp32.path, tmp_path / "val")
-    head = fp32.manifest["decoder"]
-    calib = load_calibration("synthetic", size=12)
-    logs: list[str] = []
-    req = Int8Request(
+    return fp32, _self_labelled_validation(fp32.path, root / "val"), load_calibration("synthetic", size=12)
+
+
+def _gate_request(gate_case, workdir: Path, logs: list[str], **kw) -> Int8Request:
+    fp32, val, calib = gate_case
+    return Int8Request(
         target="cpu",
         fp32_onnx=fp32.artifact("model"),
-        workdir=tmp_path / "work",
+        workdir=workdir,
         input_name="images",
         input_size=fp32.input_size,
-        decoder_cfg=head,
+        decoder_cfg=fp32.manifest["decoder"],
         sigmas=fp32.skeleton.sigmas_array,
         calibration=calib,
         validation=val,
         max_ap_drop=0.001,
         log=logs.append,
+        **kw,
     )
+
+
+def test_gate_keeps_sensitive_layers_in_float_or_refuses_cleanly(gate_case, tmp_path):
+    logs: list[str] = []
+    req = _gate_request(gate_case, tmp_path / "work", logs)  # method pinned: no fallbacks
     try:
         result = quantize_for_target(req)
     except ExportError as e:
@@ -186,11 +196,37 @@ def test_gate_keeps_sensitive_layers_in_float_or_refuses_cleanly(tmp_path):
         assert any(line.startswith("sensitivity:") for line in logs)
         return
     gate = result.manifest["calibration"]["gate"]
-    assert gate["enabled"] and gate["ap_drop"] <= 0.001
+    assert gate["enabled"] and gate["ap_drop"] <= 0.001 and "methods_tried" not in gate
     assert gate["rounds"][0]["excluded_layers"] == 0 and len(gate["rounds"]) > 1  # it had to act
     excluded = result.manifest["calibration"]["excluded_layers"]
     quantized = _weight_quantized(onnx.load(str(result.artifacts["model"])))
     assert excluded and not any(quantized[n] for n in excluded)
+
+
+def test_gate_tries_the_other_calibration_methods_before_layers(gate_case, tmp_path):
+    """With the method not pinned, a failing first build makes the gate quantize with each fallback
+    method (until one fits) and carry on with the best one: the manifest names it and every AP."""
+    logs: list[str] = []
+    req = _gate_request(gate_case, tmp_path / "work", logs, fallback_methods=("minmax", "percentile"))
+    try:
+        result = quantize_for_target(req)
+    except ExportError as e:
+        msg = str(e)
+        assert "meanminmax: AP" in msg and "minmax: AP" in msg and "percentile: AP" in msg, msg
+        assert any(line.startswith("gate: calibration method minmax") for line in logs)
+        return
+    cal = result.manifest["calibration"]
+    gate = cal["gate"]
+    tried = gate.get("methods_tried")
+    if tried is None:  # the default method fitted at once: nothing else to try
+        assert gate["ap_drop"] <= 0.001 and cal["method"] == "meanminmax"
+        return
+    assert [t["method"] for t in tried][:2] == ["meanminmax", "minmax"]
+    assert any(line.startswith("gate: calibration method minmax") for line in logs)
+    best = max(tried, key=lambda t: t["AP"])
+    assert cal["method"] == best["method"] and gate["rounds"][0]["method"] == best["method"]
+    assert gate["rounds"][0]["AP"] == best["AP"]
+    assert gate["ap_drop"] <= 0.001
 
 
 @pytest.mark.parametrize(
