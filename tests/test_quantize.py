@@ -15,7 +15,7 @@ from edgepose.calibration.data import load_calibration
 from edgepose.calibration.graph import float_tail
 from edgepose.calibration.quantize import Int8Request, quantize_for_target
 from edgepose.calibration.validation import ValidationSet
-from edgepose.export.pipeline import ExportOptions, export_model
+from edgepose.export.pipeline import ExportOptions, calibration_methods, export_model
 
 import edgepose
 from edgepose.bundle import load_bundle
@@ -227,6 +227,13 @@ def test_gate_tries_the_other_calibration_methods_before_layers(gate_case, tmp_p
     assert cal["method"] == best["method"] and gate["rounds"][0]["method"] == best["method"]
     assert gate["rounds"][0]["AP"] == best["AP"]
     assert gate["ap_drop"] <= 0.001
+
+
+def test_a_named_calibration_method_is_pinned_and_the_default_may_fall_back():
+    assert calibration_methods("percentile") == {"method": "percentile", "fallback_methods": ()}
+    default = calibration_methods(None)
+    assert default["method"] == "meanminmax"
+    assert default["fallback_methods"] == ("minmax", "entropy", "percentile")
 
 
 @pytest.mark.parametrize(
