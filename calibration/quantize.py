@@ -32,10 +32,10 @@ from edgepose.calibration.data import CalibrationSet, calibration_tensors
 from edgepose.calibration.graph import float_tail
 from edgepose.calibration.ort_quant import (
     DEFAULT_METHOD,
+    RANGE_ESTIMATORS,
     TENSORRT_CONFIG,
     OrtQuantConfig,
     QuantizedOnnx,
-    mean_minmax_ranges,
     prepare_for_quantization,
     quantize_onnx,
 )
@@ -71,8 +71,9 @@ class Int8Request:
     max_ap_drop: float | None = None
     log: Callable[[str], None] = print
     _tail: list[str] | None = field(default=None, repr=False)
-    #: keyed by ``OrtQuantConfig.subpixel_deconv``: the prepared graph (and so its tensors) depends on it
-    _ranges: dict[bool, dict[str, tuple[float, float]]] = field(default_factory=dict, repr=False)
+    #: keyed by (``OrtQuantConfig.subpixel_deconv``, method): the prepared graph (and so its tensors)
+    #: depends on the first, the activation ranges on both
+    _ranges: dict[tuple[bool, str], dict[str, tuple[float, float]]] = field(default_factory=dict, repr=False)
     _prepared: dict[bool, onnx.ModelProto] = field(default_factory=dict, repr=False)
 
     def float_tail(self) -> list[str]:
@@ -84,15 +85,19 @@ class Int8Request:
     def quantize(
         self, tensors: Sequence[np.ndarray], output: Path, config: OrtQuantConfig, exclude: Sequence[str] = ()
     ) -> QuantizedOnnx:
-        """``quantize_onnx`` of the FP32 model. Its prepared graph, and the activation ranges of
-        ``meanminmax``, are made once: they do not depend on which layers a gate round keeps in float."""
+        """``quantize_onnx`` of the FP32 model. Its prepared graph, and the activation ranges of the
+        methods edgepose estimates itself, are made once: they do not depend on which layers a gate round
+        keeps in float."""
         form = config.subpixel_deconv
         if form not in self._prepared:
             self._prepared[form] = prepare_for_quantization(self.fp32_onnx, form)
         prepared = self._prepared[form]
-        if config.method == "meanminmax" and form not in self._ranges:
-            self._ranges[form] = mean_minmax_ranges(prepared, self.input_name, tensors)
-        ranges = self._ranges[form] if config.method == "meanminmax" else None
+        ranges = None
+        if config.method in RANGE_ESTIMATORS:
+            key = (form, config.method)
+            if key not in self._ranges:
+                self._ranges[key] = RANGE_ESTIMATORS[config.method](prepared, self.input_name, tensors)
+            ranges = self._ranges[key]
         return quantize_onnx(
             self.fp32_onnx, output, self.input_name, tensors, config, exclude, ranges, prepared
         )

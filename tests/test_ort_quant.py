@@ -12,7 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 pytest.importorskip("onnxruntime")
 
-from edgepose.calibration.ort_quant import OrtQuantConfig, mean_minmax_ranges, quantize_onnx  # noqa: E402
+from edgepose.calibration.ort_quant import (  # noqa: E402
+    OrtQuantConfig,
+    entropy_ranges,
+    mean_minmax_ranges,
+    quantize_onnx,
+)
 
 from edgepose.errors import UsageError  # noqa: E402
 
@@ -109,6 +114,28 @@ def test_quantized_scales_come_from_the_mean_ranges_not_the_extremes(tmp_path):
     assert mean.summary()["method"] == "meanminmax"
 
 
+def test_entropy_ranges_clip_rare_outliers_and_keep_the_seen_floor(tmp_path):
+    """KL-optimal ranges with enough histogram bins to choose from: a few outlier pixels do not set the
+    range (ONNX Runtime's own Entropy through quantize_static would give MinMax's), and a tensor that is
+    never negative keeps its floor instead of the symmetric threshold's -t."""
+    path, _ = _two_convs(tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    # activation-like: non-negative, most values small, a long tail (exponential, max ~1.2)
+    images = [rng.exponential(0.2, (1, 3, SIZE, SIZE)).astype(np.float32) for _ in range(6)]
+    seen = np.concatenate([x.ravel() for x in images])
+    bulk_max = float(seen.max())
+    images[2][0, :, 0, :2] = 50.0  # six outlier values among 1,152
+    ranges = entropy_ranges(onnx.load(str(path)), "images", images)
+    lo, hi = ranges["images"]
+    assert lo == pytest.approx(seen.min(), abs=1e-6)  # the floor seen, not -threshold
+    assert 0.5 * bulk_max <= hi <= 5.0, (hi, bulk_max)  # the bulk kept, the 50s clipped
+    q = quantize_onnx(path, tmp_path / "e.onnx", "images", images, OrtQuantConfig(method="entropy"))
+    mm = quantize_onnx(path, tmp_path / "mm.onnx", "images", images, OrtQuantConfig(method="minmax"))
+    got = _scale_of(onnx.load(str(q.path)), "images")
+    assert got == pytest.approx((hi - min(lo, 0.0)) / 255, rel=1e-4)
+    assert got < _scale_of(onnx.load(str(mm.path)), "images") / 5
+
+
 def test_unknown_method_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown calibration method 'kl'.*meanminmax"):
         OrtQuantConfig(method="kl")
@@ -119,8 +146,8 @@ def test_gate_rounds_prepare_and_measure_the_ranges_once(tmp_path, monkeypatch):
 
     path, _ = _two_convs(tmp_path / "m.onnx")
     calls = []
-    real = quantize.mean_minmax_ranges
-    monkeypatch.setattr(quantize, "mean_minmax_ranges", lambda *a: calls.append(1) or real(*a))
+    real = ort_quant.mean_minmax_ranges
+    monkeypatch.setitem(ort_quant.RANGE_ESTIMATORS, "meanminmax", lambda *a: calls.append(1) or real(*a))
     prepares = []
     real_prepare = quantize.prepare_for_quantization
 
