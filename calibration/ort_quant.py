@@ -26,6 +26,9 @@ from edgepose.errors import UsageError
 #: (``entropy_ranges``); ``minmax`` and ``percentile`` are ONNX Runtime's calibrators
 METHODS = ("meanminmax", "minmax", "entropy", "percentile")
 DEFAULT_METHOD = "meanminmax"
+#: what the accuracy gate tries, in order, when the default loses too much: ONNX Runtime's two first
+#: (one range pass each), then the KL search (two passes, and it clips the rare peaks heatmaps carry)
+GATE_FALLBACKS = ("minmax", "percentile", "entropy")
 
 
 @dataclass(frozen=True)

@@ -343,12 +343,12 @@ def _with_rescore_file(cfg: dict[str, Any], file: str) -> dict[str, Any]:
 
 def calibration_methods(pinned: str | None) -> dict[str, Any]:
     """``Int8Request``'s method and fallbacks: a method the user names is the only one used; otherwise
-    the default comes first and the gate may try the others, in ``METHODS`` order."""
-    from edgepose.calibration.ort_quant import DEFAULT_METHOD, METHODS
+    the default comes first and the gate may try the others (``GATE_FALLBACKS`` order)."""
+    from edgepose.calibration.ort_quant import DEFAULT_METHOD, GATE_FALLBACKS
 
     if pinned is not None:
         return {"method": pinned, "fallback_methods": ()}
-    return {"method": DEFAULT_METHOD, "fallback_methods": tuple(m for m in METHODS if m != DEFAULT_METHOD)}
+    return {"method": DEFAULT_METHOD, "fallback_methods": GATE_FALLBACKS}
 
 
 def _int8_settings(opts: ExportOptions, calibration, skeleton: Skeleton, workdir: Path) -> dict[str, Any]:
