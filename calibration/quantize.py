@@ -11,11 +11,11 @@ artifacts plus the manifest's ``calibration`` section:
 
 Every INT8 candidate is compared with FP32 on the held-back calibration images (pose agreement). With
 validation data and ``max_ap_drop`` the gate evaluates FP32 and INT8 AP; when INT8 loses more, it first
-tries the ``fallback_methods`` (the other calibration methods, when the user did not pin one: which
-range estimator suits a model varies, and a spread-out loss is in the ranges, not in any one layer) and
-keeps the best; then the layers whose quantization hurts most (``sensitivity.rank_layers``) are kept in
-float, a few more each round, until the drop is within budget or the rounds run out (then
-``ExportError`` with the table).
+tries the ``fallback_methods`` in turn (the other calibration methods, when the user did not pin one:
+which range estimator suits a model varies, and a spread-out loss is in the ranges, not in any one
+layer) until one fits, keeping the best tried; then the layers whose quantization hurts most
+(``sensitivity.rank_layers``) are kept in float, a few more each round, until the drop is within
+budget or the rounds run out (then ``ExportError`` with the table).
 """
 
 from __future__ import annotations
@@ -71,9 +71,11 @@ class Int8Request:
     max_ap_drop: float | None = None
     log: Callable[[str], None] = print
     _tail: list[str] | None = field(default=None, repr=False)
-    #: keyed by (``OrtQuantConfig.subpixel_deconv``, method): the prepared graph (and so its tensors)
-    #: depends on the first, the activation ranges on both
-    _ranges: dict[tuple[bool, str], dict[str, tuple[float, float]]] = field(default_factory=dict, repr=False)
+    #: keyed by (``OrtQuantConfig.subpixel_deconv``, method, activation type): the prepared graph (and so
+    #: its tensors) depends on the first, the activation ranges on all three
+    _ranges: dict[tuple[bool, str, str], dict[str, tuple[float, float]]] = field(
+        default_factory=dict, repr=False
+    )
     _prepared: dict[bool, onnx.ModelProto] = field(default_factory=dict, repr=False)
 
     def float_tail(self) -> list[str]:
@@ -94,16 +96,19 @@ class Int8Request:
         prepared = self._prepared[form]
         ranges = None
         if config.method in RANGE_ESTIMATORS:
-            key = (form, config.method)
+            key = (form, config.method, config.activations)
             if key not in self._ranges:
-                self._ranges[key] = RANGE_ESTIMATORS[config.method](prepared, self.input_name, tensors)
+                estimate = RANGE_ESTIMATORS[config.method]
+                self._ranges[key] = estimate(
+                    prepared, self.input_name, tensors, activations=config.activations
+                )
             ranges = self._ranges[key]
         return quantize_onnx(
             self.fp32_onnx, output, self.input_name, tensors, config, exclude, ranges, prepared
         )
 
-    def uses_ort_ranges(self) -> bool:
-        """Whether the calibration method matters: ONNX Runtime's Q/DQ (NNCF keeps its own estimator)."""
+    def calibration_method_applies(self) -> bool:
+        """Whether the calibration method matters: the Q/DQ paths do; NNCF keeps its own estimator."""
         return self.target != "openvino" or self.openvino_source == "qdq"
 
 
@@ -237,7 +242,8 @@ def quantize_for_target(req: Int8Request) -> Int8Result:
             f"gate: FP32 AP {fp32_ap:.4f}, INT8 AP {int8_ap:.4f} (drop {drop:.4f}, "
             f"allowed {req.max_ap_drop:g}) with {len(excluded)} layer(s) in float"
         )
-        if round_no == 0 and drop > req.max_ap_drop and req.fallback_methods and req.uses_ort_ranges():
+        search = req.fallback_methods and req.calibration_method_applies()
+        if round_no == 0 and drop > req.max_ap_drop and search:
             first = (cand, agree, int8_ap)
             (cand, agree, int8_ap), methods = _try_methods(
                 req, tensors, fp32_poses, check_images, fp32_ap, first

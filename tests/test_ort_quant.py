@@ -128,7 +128,7 @@ def test_entropy_ranges_clip_rare_outliers_and_keep_the_seen_floor(tmp_path):
     ranges = entropy_ranges(onnx.load(str(path)), "images", images)
     lo, hi = ranges["images"]
     assert lo == pytest.approx(seen.min(), abs=1e-6)  # the floor seen, not -threshold
-    assert 0.5 * bulk_max <= hi <= 5.0, (hi, bulk_max)  # the bulk kept, the 50s clipped
+    assert 0.5 * bulk_max <= hi <= 0.2 * 50.0, (hi, bulk_max)  # the bulk kept, the 50s clipped
     q = quantize_onnx(path, tmp_path / "e.onnx", "images", images, OrtQuantConfig(method="entropy"))
     mm = quantize_onnx(path, tmp_path / "mm.onnx", "images", images, OrtQuantConfig(method="minmax"))
     got = _scale_of(onnx.load(str(q.path)), "images")
@@ -147,7 +147,8 @@ def test_gate_rounds_prepare_and_measure_the_ranges_once(tmp_path, monkeypatch):
     path, _ = _two_convs(tmp_path / "m.onnx")
     calls = []
     real = ort_quant.mean_minmax_ranges
-    monkeypatch.setitem(ort_quant.RANGE_ESTIMATORS, "meanminmax", lambda *a: calls.append(1) or real(*a))
+    counting = lambda *a, **k: calls.append(1) or real(*a, **k)  # noqa: E731
+    monkeypatch.setitem(ort_quant.RANGE_ESTIMATORS, "meanminmax", counting)
     prepares = []
     real_prepare = quantize.prepare_for_quantization
 

@@ -126,9 +126,10 @@ def test_cpu_bundle_ap_matches_the_model_card(bundles, cpu_ap):
 def test_openvino_fp16_keeps_the_fp32_ap(bundles, cpu_ap, published_val):
     """fp16 weights (on a CPU: stored fp16, computed f32) cost at most 0.005 AP against fp32.
 
-    The fp32 figure is the CPU bundle's: OpenVINO's fp32 IR gives its poses (the test above), so one
-    evaluation serves both. The comparison means something only on a trained model, so the card must
-    claim a clearly trained model (AP > 0.05; untrained is ~0.000) and fp32 must score it (within 0.03).
+    The fp32 figure is the CPU bundle's (ONNX Runtime): OpenVINO's fp32 IR gives the same poses on the
+    images the test above compares, so one fp32 evaluation stands for both runtimes. The comparison
+    means something only on a trained model, so the card must claim a clearly trained model (AP > 0.05;
+    untrained is ~0.000) and fp32 must score it (within 0.03).
     """
     name, paths = bundles
     card = _card_ap(name)

@@ -244,7 +244,7 @@ ZOO: dict[str, ModelInfo] = {
             4.929,
             "shipped: edgepose/weights/sahr-n.pt",
             "small reference SWAHR (HRNet-W16, one module per stage, two deconv blocks) trained by edgepose",
-            # a young model's weak peaks are noise: 0.3 beats the default 0.1 (val-v1 stream 999)
+            # a young model's weak peaks are noise: 0.3 beats the official 0.12 (val-v1 stream 999)
             decoder={"accuracy": {"detection_threshold": 0.3}},
             width=16,
             deconv_channels=16,
