@@ -48,38 +48,8 @@ class ModelInfo:
     decoder: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _wh(imgsz: int | tuple[int, int]) -> tuple[int, int]:
-    """A zoo input size as (W, H): an int is a square input."""
-    return imgsz if isinstance(imgsz, tuple) else (imgsz, imgsz)
-
-
-def _kapao(
-    name: str,
-    depth: float,
-    width: float,
-    imgsz: int | tuple[int, int],
-    params: int,
-    gflops: float,
-    weights: str,
-    description: str,
-    decoder: dict[str, dict[str, Any]] | None = None,
-) -> ModelInfo:
-    return ModelInfo(
-        name=name,
-        family="kapao",
-        num_keypoints=17,
-        default_imgsz=_wh(imgsz),
-        params=params,
-        gflops=gflops,
-        weights=weights,
-        config={"depth_multiple": depth, "width_multiple": width},
-        description=description,
-        decoder=decoder or {},
-    )
-
-
-def _hrnet(family: str) -> Callable[..., ModelInfo]:
-    """Entry maker for an HRNet family (``dekr``, ``sahr``): COCO-17, model config as keyword arguments."""
+def _entry(family: str) -> Callable[..., ModelInfo]:
+    """Entry maker for a family: COCO-17, an int size is square, model config as keyword arguments."""
 
     def make(
         name: str,
@@ -95,7 +65,7 @@ def _hrnet(family: str) -> Callable[..., ModelInfo]:
             name=name,
             family=family,
             num_keypoints=17,
-            default_imgsz=_wh(imgsz),
+            default_imgsz=imgsz if isinstance(imgsz, tuple) else (imgsz, imgsz),
             params=params,
             gflops=gflops,
             weights=weights,
@@ -107,8 +77,25 @@ def _hrnet(family: str) -> Callable[..., ModelInfo]:
     return make
 
 
-_dekr = _hrnet("dekr")
-_sahr = _hrnet("sahr")
+def _kapao(
+    name: str,
+    depth: float,
+    width: float,
+    imgsz: int | tuple[int, int],
+    params: int,
+    gflops: float,
+    weights: str,
+    description: str,
+    decoder: dict[str, dict[str, Any]] | None = None,
+) -> ModelInfo:
+    """A KAPAO entry: YOLOv5's depth and width multiples are its whole config."""
+    return _entry("kapao")(
+        name, imgsz, params, gflops, weights, description, decoder, depth_multiple=depth, width_multiple=width
+    )
+
+
+_dekr = _entry("dekr")
+_sahr = _entry("sahr")
 
 
 _DEKR_TINY = {"stem_channels": 16, "stem_blocks": 1, "num_modules": (1, 1, 1), "num_blocks": (1, 1, 1)}
