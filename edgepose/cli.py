@@ -89,8 +89,9 @@ def export(
     calib_method: Annotated[
         str | None,
         typer.Option(
-            help="meanminmax (mean of per-image ranges, as NNCF; the default) | minmax | entropy | "
-            "percentile (ORT Q/DQ); naming one pins it, else the accuracy gate may try the others"
+            help="meanminmax (mean of per-image ranges, as NNCF; the default unless the zoo entry "
+            "measured another) | minmax | entropy | percentile (ORT Q/DQ); naming one pins it, else "
+            "the accuracy gate may try the others"
         ),
     ] = None,
     int8_source: Annotated[

@@ -53,7 +53,7 @@ class ExportOptions:
     calib: str | None = None
     calib_size: int = 300
     calib_seed: int = 0
-    #: None: meanminmax, and the accuracy gate may try the other methods; a name pins that method
+    #: None: the zoo entry's method or meanminmax, and the accuracy gate may try the others; a name pins it
     calib_method: str | None = None
     int8_source: str = "nncf"
     val: str | None = None
@@ -252,6 +252,9 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
             f"ONNX Runtime vs torch: max_rel_diff={parity['max_rel_diff']:.2e}, "
             f"decoded_max_px={parity['decoded_max_px']:.2e} over {parity['decoded_cells']} cells"
         )
+        int8 = None
+        if calibration is not None:
+            int8 = _int8_settings(opts, resolved.name, calibration, skeleton, Path(tmpdir))
         ctx = ExportContext(
             onnx_path=onnx_path,
             workdir=Path(tmpdir),
@@ -266,7 +269,7 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
             ort_version=ort_version,
             dynamic=opts.dynamic,
             log=log,
-            int8=_int8_settings(opts, calibration, skeleton, Path(tmpdir)) if calibration else None,
+            int8=int8,
         )
         packaged = TARGETS[opts.target](ctx)
         manifest = {
@@ -323,6 +326,12 @@ def _zoo_decoder_overrides(name: str) -> dict[str, dict[str, Any]]:
     return ZOO[name].decoder if name in ZOO else {}
 
 
+def _zoo_calib_method(name: str) -> str | None:
+    from edgepose.models.zoo import ZOO
+
+    return ZOO[name].calib_method if name in ZOO else None
+
+
 RESCORE_FILE = "rescore.npz"
 
 
@@ -341,17 +350,22 @@ def _with_rescore_file(cfg: dict[str, Any], file: str) -> dict[str, Any]:
     return {**cfg, "head": {**cfg["head"], "rescore_file": file}}
 
 
-def calibration_methods(pinned: str | None) -> dict[str, Any]:
+def calibration_methods(pinned: str | None, model_default: str | None = None) -> dict[str, Any]:
     """``Int8Request``'s method and fallbacks: a method the user names is the only one used; otherwise
-    the default comes first and the gate may try the others (``GATE_FALLBACKS`` order)."""
+    the model's measured best (its zoo entry's ``calib_method``) or the toolkit's default comes first,
+    and the gate may try the others (``GATE_FALLBACKS`` order, then the default)."""
     from edgepose.calibration.ort_quant import DEFAULT_METHOD, GATE_FALLBACKS
 
     if pinned is not None:
         return {"method": pinned, "fallback_methods": ()}
-    return {"method": DEFAULT_METHOD, "fallback_methods": GATE_FALLBACKS}
+    first = model_default or DEFAULT_METHOD
+    others = tuple(m for m in (*GATE_FALLBACKS, DEFAULT_METHOD) if m != first)
+    return {"method": first, "fallback_methods": others}
 
 
-def _int8_settings(opts: ExportOptions, calibration, skeleton: Skeleton, workdir: Path) -> dict[str, Any]:
+def _int8_settings(
+    opts: ExportOptions, model_name: str, calibration, skeleton: Skeleton, workdir: Path
+) -> dict[str, Any]:
     """The INT8 part of the export context: calibration set, validation data and gate settings."""
     validation = None
     if opts.val is not None:
@@ -361,7 +375,7 @@ def _int8_settings(opts: ExportOptions, calibration, skeleton: Skeleton, workdir
     return {
         "sigmas": skeleton.sigmas_array,
         "calibration": calibration,
-        **calibration_methods(opts.calib_method),
+        **calibration_methods(opts.calib_method, _zoo_calib_method(model_name)),
         "openvino_source": opts.int8_source,
         "validation": validation,
         "max_ap_drop": opts.max_ap_drop,

@@ -21,6 +21,7 @@ from edgepose.export.pipeline import ExportOptions, calibration_methods, export_
 import edgepose
 from edgepose.bundle import load_bundle
 from edgepose.errors import ExportError
+from edgepose.models.zoo import ZOO
 from edgepose.samples import sample_image_paths
 
 pytest.importorskip("torch")
@@ -274,6 +275,17 @@ def test_a_named_calibration_method_is_pinned_and_the_default_may_fall_back():
     default = calibration_methods(None)
     assert default["method"] == "meanminmax"
     assert default["fallback_methods"] == ("minmax", "percentile", "entropy")
+    measured = calibration_methods(None, "minmax")  # a zoo entry's measured best comes first
+    assert measured == {"method": "minmax", "fallback_methods": ("percentile", "entropy", "meanminmax")}
+    assert calibration_methods("entropy", "minmax") == {"method": "entropy", "fallback_methods": ()}
+
+
+def test_zoo_calibration_defaults_are_known_methods():
+    from edgepose.calibration.ort_quant import METHODS
+
+    chosen = {name: info.calib_method for name, info in ZOO.items() if info.calib_method}
+    assert chosen.get("sahr-n") == "minmax"
+    assert set(chosen.values()) <= set(METHODS)
 
 
 @pytest.mark.parametrize(
