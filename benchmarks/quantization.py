@@ -11,7 +11,10 @@ evaluation stream, which training never draws from.
 
     python benchmarks/quantization.py                                   # kapao-s 640, random weights
     python benchmarks/quantization.py --models kapao-s:640 kapao-n:512x384 --ap-images 250 --json q.json
-    python benchmarks/quantization.py --models kapao-n --ap-images 250 --calib-methods meanminmax minmax
+    python benchmarks/quantization.py --models kapao-n --ap-images 250 --calib-methods default minmax
+
+``--calib-methods default`` is what ``edgepose export`` does without ``--calib-method``: each model's
+zoo choice (``calib_method``) or meanminmax; the table names the method each bundle's manifest records.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from pathlib import Path
 def variants(calib_methods: list[str]) -> list[tuple[str, str, str | None, str | None]]:
     """(target, precision, OpenVINO INT8 source, ONNX Runtime calibration method) per bundle to build.
 
-    ONNX Runtime's Q/DQ gets one INT8 bundle per calibration method, so their AP can be compared in one
-    run; the Q/DQ ONNX that OpenVINO converts uses the first method.
+    ONNX Runtime's Q/DQ gets one INT8 bundle per calibration method (``default``: the export's own
+    choice), so their AP can be compared in one run; the Q/DQ ONNX that OpenVINO converts uses the first.
     """
     rows: list[tuple[str, str, str | None, str | None]] = [("cpu", "fp32", None, None)]
     rows += [("cpu", "int8", None, method) for method in calib_methods]
@@ -58,8 +61,9 @@ def main() -> None:
     ap.add_argument(
         "--calib-methods",
         nargs="+",
-        default=["meanminmax"],
-        help="ORT calibration methods, an INT8 cpu bundle each: meanminmax minmax entropy percentile",
+        default=["default"],
+        help="ORT calibration methods, an INT8 cpu bundle each: default (the model's own) meanminmax "
+        "minmax entropy percentile",
     )
     ap.add_argument(
         "--block",
@@ -99,10 +103,12 @@ def main() -> None:
                     output=out,
                     calib="synthetic" if int8 else None,
                     calib_size=args.calib_size,
-                    calib_method=method or "meanminmax",
+                    calib_method=None if method in (None, "default") else method,
                     int8_source=source or "nncf",
                 )
-                export_model(opts, log=lambda m: None)
+                bundle = export_model(opts, log=lambda m: None)
+                if method is not None:  # the method the export used: ``default`` resolved per model
+                    method = bundle.manifest["calibration"]["method"]
                 bundles.append(out)
                 labels.append((Path(name).stem, imgsz, target, precision, source, method))
                 ap_value = None

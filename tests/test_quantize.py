@@ -284,7 +284,7 @@ def test_zoo_calibration_defaults_are_known_methods():
     from edgepose.calibration.ort_quant import METHODS
 
     chosen = {name: info.calib_method for name, info in ZOO.items() if info.calib_method}
-    assert chosen.get("sahr-n") == "minmax"
+    assert chosen.get("sahr-n") == "percentile"
     assert set(chosen.values()) <= set(METHODS)
 
 
