@@ -66,19 +66,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgepose.bench.decoder_timing import numba_vs_numpy  # noqa: E402
-from edgepose.decoders.sahr import (  # noqa: E402
-    PRESETS,
-    SahrHead,
-    _heat_into,
-    _scan,
-    aggregate,
-    assign,
-    decode,
-    tile_size,
-    upsample2,
-    warmup,
-)
+from edgepose.decoders.assignment import assign  # noqa: E402
+from edgepose.decoders.sahr import PRESETS, SahrHead, decode, warmup  # noqa: E402
 from edgepose.decoders.sahr_reference import decode_reference  # noqa: E402
+from edgepose.decoders.sahr_resize import _heat_into, aggregate, upsample2  # noqa: E402
+from edgepose.decoders.sahr_tiles import _scan, tile_size  # noqa: E402
 from edgepose.preprocess import LetterboxMeta  # noqa: E402
 
 # A standing person in a unit box (x, y), COCO keypoint order.
@@ -150,30 +142,30 @@ STAGES = ("maps+candidates", "grouping", "adjust+scores", "refinement", "to orig
 def time_stages(outputs, meta, params, head, iters: int, evict_mib: int = 512) -> dict[str, dict[str, float]]:
     """Median ms of each step of the numba decode, called one by one as ``decode`` runs them, back to back
     ("warm") and with the caches evicted before each frame ("cold")."""
-    from edgepose.decoders import sahr
+    from edgepose.decoders import sahr, sahr_group, sahr_tiles
 
     lo, tag, hi = sahr.read_outputs(outputs, head)
     full, k = params.project2image, head.num_keypoints
     scratch, heat, ub, state, tags = sahr._buffers(k, lo.shape[1], lo.shape[2], full)
     thr, radius, topk = params.threshold(head), params.nms_kernel // 2, params.max_people
-    order, tile = np.asarray(head.joint_order, np.int64), sahr.tile_size(full)
+    order, tile = np.asarray(head.joint_order, np.int64), sahr_tiles.tile_size(full)
     geometry = sahr._geometry(meta, params, head)
     junk = np.zeros(evict_mib * 2**20 // 8)
 
     def frame() -> tuple[list[float], np.ndarray]:
         t = [time.perf_counter()]
-        count, top, lz = sahr._parse_maps(lo, hi, full, heat, ub, state, scratch, thr, radius, topk)
+        count, top, lz = sahr_tiles._parse_maps(lo, hi, full, heat, ub, state, scratch, thr, radius, topk)
         t.append(time.perf_counter())
         cand_tag = np.zeros(top.shape)
-        joints = sahr._group(
+        joints = sahr_group._group(
             heat, tag, full, count, top, order, topk, params.tag_threshold, params.use_detection_val,
             params.ignore_too_much, cand_tag,
         )  # fmt: skip
         t.append(time.perf_counter())
-        kps, _ = sahr._adjust_score(joints, lz, tile, params.adjust)
+        kps, _ = sahr_group._adjust_score(joints, lz, tile, params.adjust)
         t.append(time.perf_counter())
         if params.refine:
-            sahr._refine(kps, joints, lz, tile, tag, full, tags, count, top, cand_tag, thr)
+            sahr_group._refine(kps, joints, lz, tile, tag, full, tags, count, top, cand_tag, thr)
         t.append(time.perf_counter())
         keypoints, _ = sahr._to_original(kps, *geometry)
         t.append(time.perf_counter())

@@ -7,23 +7,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgepose.decoders import sahr
+from edgepose.decoders import sahr, sahr_group, sahr_resize, sahr_tiles
 from edgepose.decoders import sahr_reference as ref
+from edgepose.decoders.assignment import assign
 from edgepose.decoders.sahr import (
     PRESETS,
     SahrHead,
     SahrParams,
-    _heat_into,
-    aggregate,
-    assign,
     decode,
     decoded_difference,
     default_joint_order,
     describe_outputs,
-    tag_at,
-    upsample2,
     warmup,
 )
+from edgepose.decoders.sahr_resize import _heat_into, aggregate, tag_at, upsample2
 from edgepose.errors import BundleError, UsageError
 from edgepose.preprocess import LetterboxMeta
 
@@ -395,16 +392,16 @@ def test_tile_resizes_equal_upsample2_bit_for_bit():
         for n in (4, 8):
             for y0 in range(0, 2 * h, 2):
                 for x0 in range(0, 2 * w, 2):
-                    if sahr._inner(y0, n, h) and sahr._inner(x0, n, w):
+                    if sahr_tiles._inner(y0, n, h) and sahr_tiles._inner(x0, n, w):
                         out = np.full((2 * h, 2 * w), np.nan, np.float32)
-                        sahr._up2_block(src, 0, 0, y0, x0, n, rows, out, 0, 0)
+                        sahr_tiles._up2_block(src, 0, 0, y0, x0, n, rows, out, 0, 0)
                         np.testing.assert_array_equal(
                             out[y0 : y0 + n, x0 : x0 + n], full[y0 : y0 + n, x0 : x0 + n]
                         )
         for y0, y1, x0, x1 in ((0, 3, 0, 5), (2 * h - 4, 2 * h, 2 * w - 3, 2 * w), (5, 9, 1, 2)):
             out = np.full((y1 - y0, x1 - x0), np.nan, np.float32)
             r0, c0 = max((y0 - 1) // 2, 0), max((x0 - 1) // 2, 0)  # a window of the source is enough
-            sahr._resize_rect(src[r0:, c0:], r0, c0, h, w, y0, y1, x0, x1, rows, out, y0, x0)
+            sahr_tiles._resize_rect(src[r0:, c0:], r0, c0, h, w, y0, y1, x0, x1, rows, out, y0, x0)
             np.testing.assert_array_equal(out, full[y0:y1, x0:x1])
 
 
@@ -422,9 +419,9 @@ def test_tile_bounds_cover_every_input_resolution_tile(seed):
         ub = np.empty((-(-h // 2), -(-w // 2)), np.float32)
         full = upsample2(ref.aggregate(lo, lo, hi, False)[0])
         for j in range(2):
-            sahr._half_map(lo, hi, j, sahr._taps(h), np.empty((h, 2 * w), np.float32), half)
+            sahr_tiles._half_map(lo, hi, j, sahr_resize._taps(h), np.empty((h, 2 * w), np.float32), half)
             np.testing.assert_array_equal(half, ref.aggregate(lo, lo, hi, False)[0][j])
-            sahr._bounds(half, ub, np.empty(2 * w, np.float32), np.empty(ub.shape[1], np.float32))
+            sahr_tiles._bounds(half, ub, np.empty(2 * w, np.float32), np.empty(ub.shape[1], np.float32))
             for ty in range(ub.shape[0]):
                 for tx in range(ub.shape[1]):
                     tile = full[j, 8 * ty : 8 * ty + 8, 8 * tx : 8 * tx + 8]
@@ -438,20 +435,21 @@ def test_tiles_left_out_by_the_scan_are_resized_exactly_later(project2image):
     heat_ref, tag_ref = ref.aggregate(lo, tag, hi, project2image)
     scratch, heat, ub, state, tags = sahr._buffers(K, 48, 40, project2image)
     heat.fill(np.nan)
-    _, _, lz = sahr._parse_maps(lo, hi, project2image, heat, ub, state, scratch, 0.3, 2, 30)
-    tile = sahr.tile_size(project2image)
-    exact = np.repeat(np.repeat(state == sahr.EXACT, tile, 1), tile, 2)[:, : heat.shape[1], : heat.shape[2]]
+    _, _, lz = sahr_tiles._parse_maps(lo, hi, project2image, heat, ub, state, scratch, 0.3, 2, 30)
+    tile = sahr_tiles.tile_size(project2image)
+    exact = np.repeat(np.repeat(state == sahr_tiles.EXACT, tile, 1), tile, 2)
+    exact = exact[:, : heat.shape[1], : heat.shape[2]]
     np.testing.assert_array_equal(heat[exact], heat_ref[exact])
     assert project2image == (not exact.all())  # at the input resolution most tiles are never resized
     rows, hw, s2 = (np.empty((tile, tile), np.float32) for _ in range(3))
-    for j, ty, tx in zip(*np.nonzero(state != sahr.EXACT)):
-        sahr._ensure(lo, hi, heat, state, rows, hw, tile, j, ty, tx)
+    for j, ty, tx in zip(*np.nonzero(state != sahr_tiles.EXACT)):
+        sahr_tiles._ensure(lo, hi, heat, state, rows, hw, tile, j, ty, tx)
     np.testing.assert_array_equal(heat, heat_ref)
     for j in range(K):
         tags.fill(np.nan)
         for ty in range(ub.shape[1]):
             for tx in range(ub.shape[2]):
-                sahr._tags_into(tag, j, project2image, tile, ty, tx, tags, rows, s2)
+                sahr_tiles._tags_into(tag, j, project2image, tile, ty, tx, tags, rows, s2)
         np.testing.assert_array_equal(tags, tag_ref[j])
 
 
@@ -469,7 +467,7 @@ def test_the_unrolled_local_maximum_test_matches_a_brute_force_one():
                 nbrs += [(y, x - 1, x == x0 and not flags[2]), (y, x + 1, x == x0 + 7 and not flags[3])]
                 ok = all(skip or m[y, x] >= m[yy, xx] for yy, xx, skip in nbrs)
                 want |= bool(m[y, x] > thr and ok)
-        assert sahr._any_peak8(m, y0, x0, thr, *flags) == want
+        assert sahr_tiles._any_peak8(m, y0, x0, thr, *flags) == want
 
 
 def test_the_top_list_keeps_the_references_order_and_length():
@@ -480,7 +478,7 @@ def test_the_top_list_keeps_the_references_order_and_length():
         tv, ti = np.empty(cap, np.float32), np.empty(cap, np.int64)
         n = 0
         for i in idx:
-            n = sahr._top_insert(tv, ti, n, vals[i], i)
+            n = sahr_tiles._top_insert(tv, ti, n, vals[i], i)
         want = np.lexsort((np.arange(60), -vals))[:cap]
         assert n == min(cap, 60) and np.array_equal(ti[:n], want) and np.array_equal(tv[:n], vals[want])
 
@@ -490,14 +488,14 @@ def test_the_tile_order_groups_tiles_by_bound_highest_first():
     for lo_cut, hi_cut in ((0.2, np.inf), (-np.inf, 0.2), (-np.inf, np.inf)):
         ub = (rng.integers(0, 9, (9, 7)) / 8).astype(np.float32)
         ub[0, 0], ub[1, 1], ub[2, 2] = np.inf, -np.inf, 0.2
-        n = sahr.BUCKETS
+        n = sahr_group.BUCKETS
         order, starts, tops, bidx = (
             np.empty(63, np.int64),
             np.empty(n + 1, np.int64),
             np.empty(n),
             np.empty(63, np.int64),
         )
-        below = sahr._tile_order(ub, lo_cut, hi_cut, order, starts, tops, bidx)
+        below = sahr_group._tile_order(ub, lo_cut, hi_cut, order, starts, tops, bidx)
         u = ub.ravel()
         inside = (u >= lo_cut) & (u < hi_cut) | ((u >= lo_cut) & (hi_cut == np.inf))
         listed = order[: starts[n]]

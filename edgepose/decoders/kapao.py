@@ -230,9 +230,7 @@ def ordered_levels(outputs: LevelOutputs, head: KapaoHead) -> tuple[np.ndarray, 
         if head.output_names and all(n in outputs for n in head.output_names):
             arrays = [outputs[n] for n in head.output_names]
         else:
-            items = sorted(
-                outputs.items(), key=lambda kv: (-int(np.prod(np.shape(kv[1])[grid_axes])), kv[0])
-            )
+            items = sorted(outputs.items(), key=lambda kv: (-int(np.prod(np.shape(kv[1])[grid_axes])), kv[0]))
             arrays = [v for _, v in items]
     else:
         arrays = list(outputs)
