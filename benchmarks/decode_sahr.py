@@ -136,7 +136,7 @@ def time_warm(outputs, meta, params, head, iters: int) -> float:
     return statistics.median(times)
 
 
-STAGES = ("maps+candidates", "grouping", "adjust+scores", "refinement", "to original px")
+STAGES = ("maps+candidates", "grouping", "adjust+scores", "refinement", "min_score + to original px")
 
 
 def time_stages(outputs, meta, params, head, iters: int, evict_mib: int = 512) -> dict[str, dict[str, float]]:
@@ -162,11 +162,12 @@ def time_stages(outputs, meta, params, head, iters: int, evict_mib: int = 512) -
             params.ignore_too_much, cand_tag,
         )  # fmt: skip
         t.append(time.perf_counter())
-        kps, _ = sahr_group._adjust_score(joints, lz, tile, params.adjust)
+        kps, scores = sahr_group._adjust_score(joints, lz, tile, params.adjust)
         t.append(time.perf_counter())
         if params.refine:
             sahr_group._refine(kps, joints, lz, tile, tag, full, tags, count, top, cand_tag, thr)
         t.append(time.perf_counter())
+        kps, _ = sahr.keep_confident(kps, scores, params)  # the realtime preset's min_score
         keypoints, _ = sahr._to_original(kps, *geometry)
         t.append(time.perf_counter())
         return [(b - a) * 1e3 for a, b in zip(t, t[1:])], keypoints
