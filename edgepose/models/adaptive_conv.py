@@ -33,16 +33,19 @@ REGULAR = ((-1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0), (-1.0, 0.0, 1.0, -1
 TAPS = 9
 
 
-def _to_grid(disp: torch.Tensor, const: torch.Tensor | None, h: int, w: int) -> torch.Tensor:
-    """(B, 9, H, W, 2) tap displacements (+ a per-tap constant) -> GridSample grid (B, 9 H, W, 2)."""
-    dtype, device = disp.dtype, disp.device
-    # grid_sample with align_corners=False puts pixel i at (2 i + 1) / size - 1.
+def _grid_frame(h: int, w: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """GridSample's coordinates for an (H, W) map: (scale (2,): normalised units per pixel, x then y;
+    base (H, W, 2): every pixel's own position). With ``align_corners=False`` pixel i sits at
+    (2 i + 1) / size - 1."""
     scale = torch.tensor([2.0 / w, 2.0 / h], dtype=dtype, device=device)
     gx = torch.arange(w, dtype=dtype, device=device) * (2.0 / w) + (1.0 / w - 1.0)
     gy = torch.arange(h, dtype=dtype, device=device) * (2.0 / h) + (1.0 / h - 1.0)
-    base = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), -1)  # (H, W, 2)
-    if const is not None:
-        base = base + (const * scale).view(TAPS, 1, 1, 2)
+    return scale, torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), -1)
+
+
+def _to_grid(disp: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, 9, H, W, 2) tap displacements in pixels -> GridSample grid (B, 9 H, W, 2)."""
+    scale, base = _grid_frame(h, w, disp.dtype, disp.device)
     return (disp * scale + base).reshape(disp.shape[0], TAPS * h, w, 2)
 
 
@@ -53,7 +56,7 @@ def sample_taps(x: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
     Returns (B, C * 9, H, W), channel ``c * 9 + k``: the layout of a 3x3 kernel's flattened weights.
     """
     b, c, h, w = x.shape
-    grid = _to_grid(disp.permute(0, 1, 3, 4, 2), None, h, w)
+    grid = _to_grid(disp.permute(0, 1, 3, 4, 2), h, w)
     out = F.grid_sample(x, grid, "bilinear", "zeros", align_corners=False)
     return out.reshape(b, c * TAPS, h, w)
 
@@ -189,9 +192,15 @@ class GroupedAdaptBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, gc, h, w = x.shape
         ng = n * self.groups
-        affine = self.affine_conv(x).reshape(ng, 6, h * w).transpose(1, 2)  # (NG, HW, 6)
-        disp = (affine @ self.disp_matrix).reshape(ng, h, w, TAPS, 2).permute(0, 3, 1, 2, 4)
-        grid = _to_grid(disp, self.disp_const, h, w)
+        # Everything that depends only on the map size folds into two constants at export: the
+        # displacement matrix already in grid units, and every tap's undisplaced grid position. The
+        # graph then has no broadcast over (x, y) pairs, which ONNX Runtime runs two floats at a time.
+        scale, base = _grid_frame(h, w, x.dtype, x.device)
+        to_grid = (self.disp_matrix * scale.repeat(TAPS)).t()  # (18, 6)
+        taps = base + (self.disp_const * scale).view(TAPS, 1, 1, 2)  # (9, H, W, 2)
+        affine = self.affine_conv(x).reshape(ng, 6, h * w)
+        disp = (to_grid @ affine).reshape(ng, TAPS, 2, h, w).permute(0, 1, 3, 4, 2)
+        grid = (disp + taps).reshape(ng, TAPS * h, w, 2)
         samples = F.grid_sample(
             x.reshape(ng, gc // self.groups, h, w), grid, "bilinear", "zeros", align_corners=False
         )
