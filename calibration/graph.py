@@ -2,8 +2,9 @@
 
 Every family's graph ends at raw head outputs (see DESIGN.md): a last convolution per output, then only
 reshapes and transposes. Those last convolutions regress offsets, box sides and heatmap peaks, where an
-INT8 step of a few percent of the range moves a keypoint by pixels. They stay in float on every target;
-the rest of the network is what INT8 is for.
+INT8 step of a few percent of the range moves a keypoint by pixels. They stay in float on every target,
+as do the sampling grids of DEKR's adaptive convolutions and the convolutions that predict them; the rest
+of the network is what INT8 is for.
 """
 
 from __future__ import annotations
@@ -20,29 +21,47 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in graph.node for out in node.output}
 
 
-def float_tail(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes between each graph output and its nearest weighted layer, that layer included.
+#: layers that end a sampling grid's walk back: the learned convolution that predicts the displacements
+#: (a MatMul there is a constant change of units and is walked through)
+GRID_SOURCE_OPS = ("Conv", "ConvTranspose", "Gemm")
 
-    Walks back from every output through whatever follows the heads (reshapes, transposes, activations);
-    stops at (and includes) the first weighted layer on each path. Node names are what
-    ``nodes_to_exclude`` (ONNX Runtime) and NNCF's ignored scope take.
+
+def float_tail(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that carry coordinates: they stay in float on every target.
+
+    Two kinds of path, each walked back from where coordinates are read, through whatever carries them
+    (reshapes, transposes, activations, adds), up to and including the layer that computes them:
+
+    - from every graph output to its nearest weighted layer (the heads' regressions);
+    - from the ``grid`` input of every ``GridSample`` (DEKR's adaptive convolution) to the convolution
+      that predicts the displacements. A uint8 grid would move every tap by up to half a step of its
+      range, about a third of a pixel at stride 4, and no runtime has an INT8 GridSample to gain from it.
+
+    Node names are what ``nodes_to_exclude`` (ONNX Runtime) and NNCF's ignored scope take.
     """
     graph = model.graph
+    outputs = _walk_back(graph, [o.name for o in graph.output], WEIGHTED_OPS)
+    grids = [n.input[1] for n in graph.node if n.op_type == "GridSample" and len(n.input) > 1]
+    return list(dict.fromkeys(outputs + _walk_back(graph, grids, GRID_SOURCE_OPS)))
+
+
+def _walk_back(graph: onnx.GraphProto, tensors: list[str], stop_ops: Iterable[str]) -> list[str]:
+    """The nodes from ``tensors`` back to the first ``stop_ops`` node on each path, that node included."""
     producer = _producers(graph)
     initializers = {t.name for t in graph.initializer}
-    tail: list[str] = []
+    stops = set(stop_ops)
+    found: list[str] = []
     seen: set[str] = set()
-    stack = [o.name for o in graph.output]
+    stack = list(tensors)
     while stack:
-        tensor = stack.pop()
-        node = producer.get(tensor)
+        node = producer.get(stack.pop())
         if node is None or node.name in seen:
             continue
         seen.add(node.name)
-        tail.append(node.name)
-        if node.op_type not in WEIGHTED_OPS:
+        found.append(node.name)
+        if node.op_type not in stops:
             stack.extend(i for i in node.input if i and i not in initializers)
-    return tail
+    return found
 
 
 def weighted_layers(model: onnx.ModelProto, exclude: Iterable[str] = ()) -> list[str]:

@@ -35,9 +35,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def _export(out: Path, target: str, **kw) -> Path:
     opts = ExportOptions(
-        model="kapao-t",
+        model=kw.pop("model", "kapao-t"),
         random_weights=True,
-        imgsz="256",
+        imgsz=kw.pop("imgsz", "256"),
         output=out,
         target=target,
         precision="int8",
@@ -106,6 +106,29 @@ def test_openvino_int8_ir_has_fake_quantize_except_the_tail(bundles):
         est.predict_file(sample_image_paths()[0])
         # the manifest says what the export CPU ran the float layers in: what the gate measured
         assert b.manifest["openvino"]["cpu_float_layer_precision"] == est.runtime.effective_precision()
+
+
+@pytest.mark.parametrize("target", ["cpu", "jetson"])
+def test_dekr_int8_keeps_its_sampling_grids_and_their_convolutions_in_float(target, tmp_path):
+    """The adaptive convolution's grid carries coordinates: no Q/DQ between GridSample and the convolution
+    that predicts the displacements, and that convolution's weights stay float. ONNX Runtime's recipe
+    quantizes the sampled features too; TensorRT's quantizes only convolution inputs."""
+    out = _export(tmp_path / target, target, model="dekr-t", imgsz="128", calib_size=8)
+    model = onnx.load(str(out / "model.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    quantized = _weight_quantized(model)
+    grids = [n for n in model.graph.node if n.op_type == "GridSample"]
+    assert len(grids) == 2  # dekr-t: two adaptive blocks, all branches grouped
+    for grid_sample in grids:
+        if target == "cpu":
+            assert producer[grid_sample.input[0]].op_type == "DequantizeLinear"  # the features: INT8
+        path, node = [], producer[grid_sample.input[1]]
+        while node.op_type != "Conv":
+            path.append(node.op_type)
+            data = [i for i in node.input if i in producer]
+            node = producer[data[-1] if node.op_type == "MatMul" else data[0]]  # MatMul(matrix, affine)
+        assert "DequantizeLinear" not in path and "QuantizeLinear" not in path, path
+        assert "MatMul" in path and quantized[node.name] is False
 
 
 def test_jetson_int8_is_a_symmetric_qdq_onnx_checked_in_onnxruntime(bundles):
