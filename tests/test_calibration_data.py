@@ -188,7 +188,7 @@ def test_synthetic_is_deterministic_and_uses_the_profile_size():
 
 def test_calibration_stream_is_not_one_the_project_uses():
     from edgepose.samples import SAMPLE_SEED
-    from edgepose.training.trainer import VAL_STREAM
+    from edgepose.training.validation import VAL_STREAM
 
     assert CALIBRATION_STREAM not in (0, SAMPLE_SEED, VAL_STREAM, 1000)
 

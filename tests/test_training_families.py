@@ -203,7 +203,7 @@ def test_validation_decodes_outputs_like_the_targets_to_a_high_ap(name, data):
     from edgepose.models.zoo import build_model
     from edgepose.skeletons import COCO_17
     from edgepose.training.datasets import CocoKeypointDataset
-    from edgepose.training.trainer import ValidationSet, evaluate_model
+    from edgepose.training.validation import ValidationSet, evaluate_model
 
     ds = CocoKeypointDataset(data / "images", data / "person_keypoints_val.json", (128, 128), augment=False)
     val = ValidationSet.from_dataset(ds, 2)
