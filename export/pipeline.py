@@ -89,12 +89,23 @@ def _check_options(opts: ExportOptions) -> None:
             "--precision int8 needs calibration images: pass --calib with a folder of your camera's images, "
             "a video, a COCO annotation file, or synthetic"
         )
-    int8_only = {"--calib": opts.calib, "--val": opts.val, "--max-ap-drop": opts.max_ap_drop}
+    int8_only = {
+        "--calib": opts.calib,
+        "--calib-method": opts.calib_method,
+        "--val": opts.val,
+        "--max-ap-drop": opts.max_ap_drop,
+    }
     given = [flag for flag, value in int8_only.items() if value is not None]
     if opts.precision != "int8" and given:
         raise UsageError(f"{', '.join(given)} only apply to --precision int8")
     if opts.max_ap_drop is not None and (opts.val is None or opts.max_ap_drop < 0):
         raise UsageError("--max-ap-drop needs --val data to measure AP on, and must not be negative")
+    if opts.calib_method is not None:
+        from edgepose.calibration.ort_quant import METHODS
+
+        if opts.calib_method not in METHODS:
+            known = ", ".join(METHODS)
+            raise UsageError(f"unknown calibration method '{opts.calib_method}'; use one of {known}")
 
 
 def resolve_model(

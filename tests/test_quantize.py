@@ -317,6 +317,8 @@ def test_zoo_calibration_defaults_are_known_methods():
         (["--precision", "int8"], ["--calib"]),
         (["--calib", "synthetic"], ["--precision int8"]),
         (["--precision", "int8", "--calib", "synthetic", "--max-ap-drop", "0.01"], ["--val"]),
+        (["--precision", "int8", "--calib", "synthetic", "--calib-method", "kl"], ["'kl'", "meanminmax"]),
+        (["--calib-method", "minmax"], ["--calib-method", "--precision int8"]),
     ],
 )
 def test_int8_flag_mistakes_are_one_line(tmp_path, args, words):
