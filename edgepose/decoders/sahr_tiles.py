@@ -72,6 +72,18 @@ def _up2_block(src, sr, sc, y0, x0, n, rows, out, orow, ocol):
             out[y + 1, x0 - ocol + x] = t * rows[i + 1, x] + q * rows[i + 2, x]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _resize_tile(src, sr, sc, hs, ws, y0, x0, tile, rows, out):
+    """The tile at (y0, x0) of the 2x resize of an (hs, ws) map into ``out`` at the same place; the map's
+    pixel (0, 0) is ``src[sr, sc]``. The unrolled block when the tile is whole and clear of the borders,
+    the general rectangle otherwise."""
+    y1, x1 = min(y0 + tile, 2 * hs), min(x0 + tile, 2 * ws)
+    if y1 - y0 == tile and x1 - x0 == tile and _inner(y0, tile, hs) and _inner(x0, tile, ws):
+        _up2_block(src, sr, sc, y0, x0, tile, rows, out, 0, 0)
+    else:
+        _resize_rect(src, sr, sc, hs, ws, y0, y1, x0, x1, rows, out, 0, 0)
+
+
 @njit(cache=True, nogil=True)
 def _hrow_at(a, c):
     """Pixel c of ``_hrow(a)``."""
@@ -98,10 +110,7 @@ def _ensure(lo, hi, heat, state, rows, hw, tile, j, ty, tx):
         for c in range(c0, _tap(x1 - 1, w2)[1] + 1):
             a, b = _hrow_at(lo[j, ya], c), _hrow_at(lo[j, yb], c)
             hw[r - r0, c - c0] = (p * a + q * b + hi[j, r, c]) / np.float32(2.0)
-    if y1 - y0 == tile and x1 - x0 == tile and _inner(y0, tile, h2) and _inner(x0, tile, w2):
-        _up2_block(hw, r0, c0, y0, x0, tile, rows, heat[j], 0, 0)
-    else:
-        _resize_rect(hw, r0, c0, h2, w2, y0, y1, x0, x1, rows, heat[j], 0, 0)
+    _resize_tile(hw, r0, c0, h2, w2, y0, x0, tile, rows, heat[j])
     state[j, ty, tx] = EXACT
 
 
@@ -154,13 +163,7 @@ def _tags_into(tag_lo, j, full, tile, ty, tx, tg, rows, s2):
     _, h, w = tag_lo.shape
     t = tag_lo[j]
     if not full:
-        h2, w2 = 2 * h, 2 * w
-        y0, x0 = ty * tile, tx * tile
-        y1, x1 = min(y0 + tile, h2), min(x0 + tile, w2)
-        if y1 - y0 == tile and x1 - x0 == tile and _inner(y0, tile, h) and _inner(x0, tile, w):
-            _up2_block(t, 0, 0, y0, x0, tile, rows, tg, 0, 0)
-        else:
-            _resize_rect(t, 0, 0, h, w, y0, y1, x0, x1, rows, tg, 0, 0)
+        _resize_tile(t, 0, 0, h, w, ty * tile, tx * tile, tile, rows, tg)
         return
     h2, w2 = 2 * h, 2 * w
     y0, x0 = ty * tile, tx * tile
@@ -301,7 +304,6 @@ def _scan_joint(j, src, heat, ub, state, tile, thr, radius, rows, tv, ti):
     from ``src`` (the joint's stride-2 map), with its neighbours whose bound passes, and searched. -> n.
     (Hot calls take few arrays: passing many arrays to a kernel costs more than an 8 x 8 resize.)"""
     th, tw = ub.shape[1], ub.shape[2]
-    h, w = heat.shape[1], heat.shape[2]
     h2, w2 = src.shape
     m, u, st = heat[j], ub[j], state[j]
     reach = max((radius + tile - 1) // tile, 1)
@@ -314,12 +316,7 @@ def _scan_joint(j, src, heat, ub, state, tile, thr, radius, rows, tv, ti):
                 for nx in range(max(tx - reach, 0), min(tx + reach + 1, tw)):
                     if st[ny, nx] == EXACT or not u[ny, nx] > thr:
                         continue
-                    y0, x0 = ny * tile, nx * tile
-                    y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                    if y1 - y0 == tile and x1 - x0 == tile and _inner(y0, tile, h2) and _inner(x0, tile, w2):
-                        _up2_block(src, 0, 0, y0, x0, tile, rows, m, 0, 0)
-                    else:
-                        _resize_rect(src, 0, 0, h2, w2, y0, y1, x0, x1, rows, m, 0, 0)
+                    _resize_tile(src, 0, 0, h2, w2, ny * tile, nx * tile, tile, rows, m)
                     st[ny, nx] = EXACT
             n = _peaks_in(m, st, ty, tx, tile, thr, radius, tv, ti, n)
     return n
