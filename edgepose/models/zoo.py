@@ -82,21 +82,9 @@ def _entry(family: str) -> Callable[..., ModelInfo]:
     return make
 
 
-def _kapao(
-    name: str,
-    depth: float,
-    width: float,
-    imgsz: int | tuple[int, int],
-    params: int,
-    gflops: float,
-    weights: str,
-    description: str,
-    decoder: dict[str, dict[str, Any]] | None = None,
-) -> ModelInfo:
-    """A KAPAO entry: YOLOv5's depth and width multiples are its whole config."""
-    return _entry("kapao")(
-        name, imgsz, params, gflops, weights, description, decoder, depth_multiple=depth, width_multiple=width
-    )
+def _kapao(name: str, depth: float, width: float, *fields: Any, **options: Any) -> ModelInfo:
+    """A KAPAO entry: ``_entry``'s fields, with YOLOv5's depth and width multiples as its whole config."""
+    return _entry("kapao")(name, *fields, depth_multiple=depth, width_multiple=width, **options)
 
 
 _dekr = _entry("dekr")
