@@ -37,12 +37,19 @@ def float_tail(model: onnx.ModelProto) -> list[str]:
       that predicts the displacements. A uint8 grid would move every tap by up to half a step of its
       range, about a third of a pixel at stride 4, and no runtime has an INT8 GridSample to gain from it.
 
+    and one path walked forward: from every ``GridSample`` through its samples to the layer that applies
+    the kernel to them (a batched MatMul). No runtime here has an INT8 GridSample or runs that MatMul in
+    INT8 (ONNX Runtime folds its weight's DequantizeLinear and computes in float), so a Q/DQ pair on the
+    nine-tap samples, the largest tensor in the graph, would be pure cost.
+
     Node names are what ``nodes_to_exclude`` (ONNX Runtime) and NNCF's ignored scope take.
     """
     graph = model.graph
     outputs = _walk_back(graph, [o.name for o in graph.output], WEIGHTED_OPS)
-    grids = [n.input[1] for n in graph.node if n.op_type == "GridSample" and len(n.input) > 1]
-    return list(dict.fromkeys(outputs + _walk_back(graph, grids, GRID_SOURCE_OPS)))
+    samplers = [n for n in graph.node if n.op_type == "GridSample" and len(n.input) > 1]
+    grids = _walk_back(graph, [n.input[1] for n in samplers], GRID_SOURCE_OPS)
+    samples = _walk_forward(graph, samplers, WEIGHTED_OPS)
+    return list(dict.fromkeys(outputs + grids + samples))
 
 
 def _walk_back(graph: onnx.GraphProto, tensors: list[str], stop_ops: Iterable[str]) -> list[str]:
@@ -61,6 +68,28 @@ def _walk_back(graph: onnx.GraphProto, tensors: list[str], stop_ops: Iterable[st
         found.append(node.name)
         if node.op_type not in stops:
             stack.extend(i for i in node.input if i and i not in initializers)
+    return found
+
+
+def _walk_forward(graph: onnx.GraphProto, starts: list[onnx.NodeProto], stop_ops: Iterable[str]) -> list[str]:
+    """``starts`` and the nodes after them up to the first ``stop_ops`` node on each path, that node
+    included."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    stops = set(stop_ops)
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = list(starts)
+    while stack:
+        node = stack.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        found.append(node.name)
+        if node.op_type not in stops:
+            stack.extend(c for out in node.output for c in consumers.get(out, ()))
     return found
 
 

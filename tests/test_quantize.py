@@ -112,10 +112,13 @@ def test_openvino_int8_ir_has_fake_quantize_except_the_tail(bundles):
 def test_dekr_int8_keeps_its_sampling_grids_and_their_convolutions_in_float(target, tmp_path):
     """The adaptive convolution's grid carries coordinates: no Q/DQ between GridSample and the convolution
     that predicts the displacements, and that convolution's weights stay float. ONNX Runtime's recipe
-    quantizes the sampled features too; TensorRT's quantizes only convolution inputs."""
+    quantizes the features GridSample reads (they feed that convolution too); TensorRT's quantizes only
+    convolution inputs. The samples stay float up to the MatMul that applies the kernel: a Q/DQ pair
+    there, on the largest tensor in the graph, only cost time (no INT8 GridSample or batched MatMul)."""
     out = _export(tmp_path / target, target, model="dekr-t", imgsz="128", calib_size=8)
     model = onnx.load(str(out / "model.onnx"))
     producer = {o: n for n in model.graph.node for o in n.output}
+    consumers = {i: n for n in model.graph.node for i in n.input}
     quantized = _weight_quantized(model)
     grids = [n for n in model.graph.node if n.op_type == "GridSample"]
     assert len(grids) == 2  # dekr-t: two adaptive blocks, all branches grouped
@@ -129,6 +132,13 @@ def test_dekr_int8_keeps_its_sampling_grids_and_their_convolutions_in_float(targ
             node = producer[data[-1] if node.op_type == "MatMul" else data[0]]  # MatMul(matrix, affine)
         assert "DequantizeLinear" not in path and "QuantizeLinear" not in path, path
         assert "MatMul" in path and quantized[node.name] is False
+        after, node = [], consumers[grid_sample.output[0]]
+        while node.op_type != "MatMul":
+            after.append(node.op_type)
+            node = consumers[node.output[0]]
+        assert after == ["Reshape"], after  # straight from the samples to the kernel, in float
+        kernel_inputs = [producer[i].op_type for i in node.input if i in producer]
+        assert "DequantizeLinear" not in kernel_inputs, kernel_inputs
 
 
 def test_jetson_int8_is_a_symmetric_qdq_onnx_checked_in_onnxruntime(bundles):
