@@ -577,5 +577,6 @@ def test_release_checkpoint_keeps_weights_and_provenance(tmp_path, kapao_t):
     for a, b in zip(ref, got):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     # a run resumed across sessions stores only its last command: the release can name the whole chain
-    chained = release_checkpoint(src, tmp_path / "chained.pt", command="run 1; then run 2")
+    chained = release_checkpoint(src, tmp_path / "chained.pt", command="run 1; then run 2", wall_time_s=40.0)
     assert read_checkpoint(chained)["command"] == "run 1; then run 2"
+    assert read_checkpoint(chained)["wall_time_s"] == 40.0 and read_checkpoint(dst)["wall_time_s"] == 12.5

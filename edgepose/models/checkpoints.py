@@ -490,13 +490,18 @@ def _sha256(p: Path) -> str:
 
 
 def release_checkpoint(
-    src: str | os.PathLike, dst: str | os.PathLike, half: bool = True, command: str | None = None
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    half: bool = True,
+    command: str | None = None,
+    wall_time_s: float | None = None,
 ) -> Path:
     """A checkpoint fit to ship: the model's weights (fp16 by default) and its provenance, nothing else.
 
     Optimizer state, EMA copies and RNG state are training-only (YOLOv5's ``strip_optimizer`` does the
     same); the training command, wall time, metrics and config stay so the file says how it was made.
-    ``command`` replaces the stored command when that is only the last ``--resume`` of a longer chain.
+    ``command`` and ``wall_time_s`` replace the stored ones when the file is the last stage of a longer
+    chain (a ``--resume``, or a fine-tune of an earlier run): they then describe the whole chain.
     """
     model, info = load_checkpoint(src)
     raw = read_checkpoint(src)
@@ -504,6 +509,8 @@ def release_checkpoint(
     extra = {k: raw[k] for k in keep if isinstance(raw, dict) and k in raw}
     if command is not None:
         extra["command"] = command
+    if wall_time_s is not None:
+        extra["wall_time_s"] = float(wall_time_s)
     if half:
         model = model.half()
     return save_checkpoint(dst, model, info["name"], released_from=str(info["sha256"]), **extra)
