@@ -172,9 +172,9 @@ ZOO: dict[str, ModelInfo] = {
         ),
         _dekr(
             "dekr-n",
-            (576, 448),  # trained at 384x320 with scale jitter; the best input on val-v1 stream 999
+            (512, 384),  # trained at 384x320 with scale jitter; the best input on val-v1 stream 999
             1_521_248,
-            7.493,
+            5.709,
             "shipped: edgepose/weights/dekr-n.pt",
             "small reference DEKR (HRNet-W16, one module per stage) trained by edgepose",
             width=16,
