@@ -129,7 +129,7 @@ def test_dekr_int8_keeps_its_sampling_grids_and_their_convolutions_in_float(targ
         while node.op_type != "Conv":
             path.append(node.op_type)
             data = [i for i in node.input if i in producer]
-            node = producer[data[-1] if node.op_type == "MatMul" else data[0]]  # MatMul(matrix, affine)
+            node = producer[data[-1] if node.op_type == "MatMul" else data[0]]  # MatMul: the affine side
         assert "DequantizeLinear" not in path and "QuantizeLinear" not in path, path
         assert "MatMul" in path and quantized[node.name] is False
         after, node = [], consumers[grid_sample.output[0]]
