@@ -9,7 +9,7 @@ of the network is what INT8 is for.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import onnx
 
@@ -56,19 +56,11 @@ def _walk_back(graph: onnx.GraphProto, tensors: list[str], stop_ops: Iterable[st
     """The nodes from ``tensors`` back to the first ``stop_ops`` node on each path, that node included."""
     producer = _producers(graph)
     initializers = {t.name for t in graph.initializer}
-    stops = set(stop_ops)
-    found: list[str] = []
-    seen: set[str] = set()
-    stack = list(tensors)
-    while stack:
-        node = producer.get(stack.pop())
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        found.append(node.name)
-        if node.op_type not in stops:
-            stack.extend(i for i in node.input if i and i not in initializers)
-    return found
+
+    def inputs(node: onnx.NodeProto) -> list[onnx.NodeProto | None]:
+        return [producer.get(i) for i in node.input if i and i not in initializers]
+
+    return _walk([producer.get(t) for t in tensors], inputs, stop_ops)
 
 
 def _walk_forward(graph: onnx.GraphProto, starts: list[onnx.NodeProto], stop_ops: Iterable[str]) -> list[str]:
@@ -78,18 +70,32 @@ def _walk_forward(graph: onnx.GraphProto, starts: list[onnx.NodeProto], stop_ops
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+
+    def outputs(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        return [c for out in node.output for c in consumers.get(out, ())]
+
+    return _walk(starts, outputs, stop_ops)
+
+
+def _walk(
+    starts: list[onnx.NodeProto | None],
+    neighbours: Callable[[onnx.NodeProto], list[onnx.NodeProto | None]],
+    stop_ops: Iterable[str],
+) -> list[str]:
+    """Depth-first from ``starts`` along ``neighbours``, not past a ``stop_ops`` node: names, first visit
+    order (``None`` is a graph input or a missing producer, and ends its path)."""
     stops = set(stop_ops)
     found: list[str] = []
     seen: set[str] = set()
     stack = list(starts)
     while stack:
         node = stack.pop()
-        if node.name in seen:
+        if node is None or node.name in seen:
             continue
         seen.add(node.name)
         found.append(node.name)
         if node.op_type not in stops:
-            stack.extend(c for out in node.output for c in consumers.get(out, ()))
+            stack.extend(neighbours(node))
     return found
 
 
