@@ -437,6 +437,8 @@ def test_cli_trains_resumes_and_reports_mistakes_in_one_line(tmp_path):
     ]
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+    # stderr is a pipe, not a terminal: progress comes as plain lines, not a live bar
+    assert "epoch 1/1" in res.stderr and "[1/1]" in res.stderr
     from edgepose.models.checkpoints import load_checkpoint
 
     model, info = load_checkpoint(out / "last.pt")
@@ -448,3 +450,26 @@ def test_cli_trains_resumes_and_reports_mistakes_in_one_line(tmp_path):
         [*args[:-1], str(tmp_path / "none"), "--resume"], capture_output=True, text=True, timeout=120
     )
     assert res.returncode != 0 and "nothing to resume" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_progress_off_a_terminal_is_one_line_per_tenth_of_an_epoch():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from edgepose.training.trainer import _progress
+
+    log = io.StringIO()
+    console, bar = _progress(True, Console(file=log, force_terminal=False))
+    assert console is not None and not isinstance(bar, Progress)
+    with bar:
+        task = bar.add_task("epoch 1/2", total=25)
+        for i in range(25):
+            bar.update(task, advance=1, description=f"epoch 1/2 loss {1.0 / (i + 1):.4f}")
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 10 and lines[-1] == "epoch 1/2 loss 0.0400 [25/25]"
+    assert lines[0].endswith("[3/25]")  # the first tenth is complete after 3 of 25 batches
+    _, live = _progress(True, Console(file=io.StringIO(), force_terminal=True))
+    assert isinstance(live, Progress)
+    assert _progress(False) == (None, None)

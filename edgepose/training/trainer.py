@@ -549,14 +549,45 @@ def _summary(r: dict, epochs: int, columns: tuple[str, ...]) -> str:
     return text
 
 
-def _progress(enabled: bool):
-    """(console, progress bar) or (None, None) when progress output is off."""
+class _LineProgress:
+    """The progress bar's interface as plain lines, for a console that is not a terminal (a log file,
+    ``nohup``, CI), where a live bar shows nothing until the epoch ends: one line per tenth of a task."""
+
+    def __init__(self, console: Any, steps: int = 10) -> None:
+        self.console, self.steps = console, steps
+        self.tasks: dict[int, list] = {}
+
+    def __enter__(self) -> _LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: int) -> int:
+        self.tasks[len(self.tasks)] = [0, total, 0]  # done, total, lines printed
+        return len(self.tasks) - 1
+
+    def update(self, task: int, advance: int = 1, description: str = "") -> None:
+        state = self.tasks[task]
+        state[0] += advance
+        done, total, printed = state
+        due = self.steps if done >= total else done * self.steps // max(total, 1)
+        if due > printed:
+            state[2] = due
+            self.console.print(f"{description} [{done}/{total}]", highlight=False, soft_wrap=True)
+
+
+def _progress(enabled: bool, console: Any = None):
+    """(console, progress bar) or (None, None) when progress output is off. A live bar on a terminal,
+    plain lines elsewhere."""
     if not enabled:
         return None, None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    console = Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
+    if not console.is_terminal:
+        return console, _LineProgress(console)
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
