@@ -365,6 +365,7 @@ def train(
         ),
     ] = "auto",
     seed: Annotated[int, typer.Option(help="seed for initialisation, data order and augmentation")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (a resumed run may change it)")] = "cpu",
 ) -> None:
     """Train or fine-tune a KAPAO, DEKR or SAHR model (resumable; the EMA weights are what is saved)."""
     from edgepose.training.trainer import train as run_training
@@ -389,6 +390,7 @@ def train(
         threads=threads,
         amp=amp,
         seed=seed,
+        device=device,
         command="edgepose " + " ".join(sys.argv[1:]),
     )
     typer.echo(str(best))

@@ -406,6 +406,25 @@ def test_user_mistakes_are_one_sentence_errors(tmp_path):
             output=tmp_path / "e",
             progress=False,
         )
+    for device, message in [("banana", "unknown --device"), ("mps", "unsupported --device")] + (
+        [] if torch.cuda.is_available() else [("cuda", "no CUDA device")]
+    ):
+        with pytest.raises(UsageError, match=message):
+            train("kapao-t", output=tmp_path / "f", device=device, progress=False)
+    assert not (tmp_path / "f").exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_training_on_cuda_saves_checkpoints_a_cpu_loads_and_resumes_on_the_cpu(tmp_path):
+    kw = dict(data="synthetic", epochs=2, imgsz=128, batch=4, images_per_epoch=8, workers=0, progress=False)
+    train("kapao-t", output=tmp_path / "run", device="cuda", callback=lambda r: r["epoch"] == 1, **kw)
+    from edgepose.models.checkpoints import load_checkpoint
+
+    model, info = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert info["epoch"] == 1 and next(model.parameters()).device.type == "cpu"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    train("kapao-t", output=tmp_path / "run", resume=True, device="cpu", threads=1, **kw)
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["epoch"] == 1
 
 
 def test_cli_trains_resumes_and_reports_mistakes_in_one_line(tmp_path):

@@ -508,11 +508,27 @@ def train(
             amp=amp,
             augment=asdict(AugmentConfig(mosaic=float(mosaic))),
         )
-    dev = torch.device(device)
+    dev = _training_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(int(threads))
     cmd = command if command is not None else " ".join(sys.argv)
     return Trainer(cfg, out, dev, state, progress, cmd, callback).run()
+
+
+def _training_device(name: str) -> torch.device:
+    """The torch device for ``--device``, refused in one sentence when this machine lacks it."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"unknown --device '{name}'; use cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: this torch build or machine has no CUDA device; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise UsageError(f"unsupported --device '{name}'; use cpu, cuda or cuda:N")
+    return dev
 
 
 def _save_weights(path: Path, model: nn.Module, arch: str, extra: dict) -> None:
