@@ -571,7 +571,7 @@ class _LineProgress:
 
     def __init__(self, console: Any, steps: int = 10) -> None:
         self.console, self.steps = console, steps
-        self.tasks: dict[int, list] = {}
+        self.tasks: list[list[int]] = []  # per task: done, total, lines printed
 
     def __enter__(self) -> _LineProgress:
         return self
@@ -580,7 +580,7 @@ class _LineProgress:
         return None
 
     def add_task(self, description: str, total: int) -> int:
-        self.tasks[len(self.tasks)] = [0, total, 0]  # done, total, lines printed
+        self.tasks.append([0, total, 0])
         return len(self.tasks) - 1
 
     def update(self, task: int, advance: int = 1, description: str = "") -> None:
