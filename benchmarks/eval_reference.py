@@ -103,10 +103,9 @@ def main() -> None:
         "ap_difference": abs(onnx_fig["AP"] - torch_fig["AP"]),
         "eval_seconds_onnxruntime": round(t1 - t0, 1),
     }
-    print(
-        f"{args.model} at {result['imgsz']} on {result['data']['images']} val-v1 images "
-        f"(stream {args.seed}, never used in training)"
-    )
+    source = f"stream {args.seed}, never used in training" if args.data is None else f"from {args.data}"
+    images = f"{result['data']['images']} {info.get('profile')} images"
+    print(f"{args.model} at {result['imgsz']} on {images} ({source})")
     print(f"{'':12s}" + "".join(f"{k:>8s}" for k in torch_fig))
     print(f"{'onnxruntime':12s}" + "".join(f"{v:8.4f}" for v in onnx_fig["metrics"].values()))
     print(f"{'torch':12s}" + "".join(f"{v:8.4f}" for v in torch_fig.values()))
