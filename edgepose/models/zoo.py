@@ -172,7 +172,7 @@ ZOO: dict[str, ModelInfo] = {
         ),
         _dekr(
             "dekr-n",
-            (512, 384),  # trained at 384x320 with scale jitter; the best input on val-v1 stream 999
+            (512, 384),  # trained at 384x320 with scale jitter; chosen on val-v1 stream 999 (card)
             1_521_248,
             5.709,
             "shipped: edgepose/weights/dekr-n.pt",
