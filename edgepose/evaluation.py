@@ -1,8 +1,8 @@
 """OKS average precision with pycocotools, for any skeleton.
 
-``evaluate_results`` scores COCO keypoint results against annotations; ``evaluate`` runs a predictor
-over an annotated image folder first. The OKS sigmas are passed in, so CrowdPose-14 or a user's
-skeleton is scored with its own constants rather than COCO's 17.
+``evaluate_results`` scores COCO keypoint results against annotations; ``predict_results`` runs a
+predictor over an annotated image folder to make them, and ``evaluate`` does both. The OKS sigmas are
+passed in, so CrowdPose-14 or a user's skeleton is scored with its own constants rather than COCO's 17.
 """
 
 from __future__ import annotations
@@ -125,6 +125,37 @@ def ground_truth_as_results(annotations: str | Path | dict) -> list[dict]:
     return out
 
 
+def predict_results(
+    predict: Callable[[np.ndarray], Poses],
+    annotations: str | Path | dict,
+    images_dir: str | Path,
+    num_keypoints: int,
+    progress: bool = False,
+) -> list[dict]:
+    """COCO keypoint results of ``predict`` (BGR image -> ``Poses``) on every annotated image.
+
+    Kept apart from scoring so one pass of a slow model can be scored on several image subsets
+    (``evaluate_results(..., image_ids=...)``).
+    """
+    data = _load(annotations, num_keypoints)
+    paths = check_images(data, images_dir)
+    items: Iterable = list(zip(data["images"], paths))
+    if progress:
+        from rich.progress import track
+
+        items = track(items, description="evaluating", total=len(paths))
+    results: list[dict] = []
+    for entry, path in items:
+        poses = predict(read_image(path))
+        if len(poses) and poses.num_keypoints != num_keypoints:
+            raise DataError(
+                f"the model predicts {poses.num_keypoints} keypoints but the annotations have "
+                f"{num_keypoints}; evaluate against annotations of the model's skeleton"
+            )
+        results.extend(poses.to_coco_results(entry["id"]))
+    return results
+
+
 def evaluate(
     predict: Callable[[np.ndarray], Poses],
     annotations: str | Path | dict,
@@ -135,22 +166,7 @@ def evaluate(
     """Run ``predict`` (BGR image -> ``Poses``) on every annotated image and score it with OKS AP."""
     sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
     data = _load(annotations, sig.size)
-    paths = check_images(data, images_dir)
-    items: Iterable = list(zip(data["images"], paths))
-    if progress:
-        from rich.progress import track
-
-        items = track(items, description="evaluating", total=len(paths))
-    results: list[dict] = []
-    for entry, path in items:
-        poses = predict(read_image(path))
-        if len(poses) and poses.num_keypoints != sig.size:
-            raise DataError(
-                f"the model predicts {poses.num_keypoints} keypoints but the annotations have {sig.size}; "
-                "evaluate against annotations of the model's skeleton"
-            )
-        results.extend(poses.to_coco_results(entry["id"]))
-    return evaluate_results(data, results, sig)
+    return evaluate_results(data, predict_results(predict, data, images_dir, sig.size, progress), sig)
 
 
 def run_bundle_eval(
