@@ -107,33 +107,37 @@ def export(
     ] = None,
 ) -> None:
     """Export MODEL to a deployment bundle for --target (parity against torch is checked and recorded)."""
-    from edgepose.export.pipeline import ExportOptions, export_model
+    from edgepose.export.options import ExportOptions, check_options
+
+    opts = ExportOptions(
+        model=model,
+        target=target,
+        weights=weights,
+        arch=arch,
+        random_weights=random_weights,
+        seed=seed,
+        precision=precision,
+        imgsz=imgsz,
+        output=output,
+        skeleton=skeleton,
+        simplify=simplify,
+        overwrite=overwrite,
+        dynamic=dynamic,
+        rescore=rescore,
+        calib=calib,
+        calib_size=calib_size,
+        calib_seed=calib_seed,
+        calib_method=calib_method,
+        int8_source=int8_source,
+        val=val,
+        val_size=val_size,
+        max_ap_drop=max_ap_drop,
+    )
+    check_options(opts)  # a flag mistake is refused before torch is even imported
+    from edgepose.export.pipeline import export_model
 
     bundle = export_model(
-        ExportOptions(
-            model=model,
-            target=target,
-            weights=weights,
-            arch=arch,
-            random_weights=random_weights,
-            seed=seed,
-            precision=precision,
-            imgsz=imgsz,
-            output=output,
-            skeleton=skeleton,
-            simplify=simplify,
-            overwrite=overwrite,
-            dynamic=dynamic,
-            rescore=rescore,
-            calib=calib,
-            calib_size=calib_size,
-            calib_seed=calib_seed,
-            calib_method=calib_method,
-            int8_source=int8_source,
-            val=val,
-            val_size=val_size,
-            max_ap_drop=max_ap_drop,
-        ),
+        opts,
         log=_log,
     )
     typer.echo(str(bundle.path))

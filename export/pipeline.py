@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from edgepose.export.options import ExportOptions, check_options, check_output_free
 from edgepose.export.parity import check_parity, measure_parity
 from edgepose.export.random_init import randomize_weights
-from edgepose.export.targets import SUPPORTED, TARGETS, ExportContext
-from edgepose.export.torch2onnx import DEFAULT_OPSET, torch_to_onnx
+from edgepose.export.targets import TARGETS, ExportContext
+from edgepose.export.torch2onnx import torch_to_onnx
 from edgepose.runtimes.base import create_runtime
 
 from edgepose.bundle import Bundle, sha256_file, write_bundle
@@ -28,38 +29,6 @@ from edgepose.samples import sample_images
 from edgepose.skeletons import COCO_17, CROWDPOSE_14, Skeleton
 from edgepose.version import __version__
 
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-@dataclass
-class ExportOptions:
-    model: str
-    target: str = "cpu"
-    weights: Path | None = None
-    arch: str | None = None
-    random_weights: bool = False
-    seed: int = 0
-    precision: str = "fp32"
-    imgsz: str | None = None
-    output: Path | None = None
-    simplify: bool = True
-    opset: int = DEFAULT_OPSET
-    skeleton: str | None = None
-    overwrite: bool = False
-    dynamic: bool = False
-    #: DEKR only: an official ``final_rescore_*_kpt.pth``, shipped in the bundle as ``rescore.npz``
-    rescore: Path | None = None
-    # INT8 (see edgepose.calibration): calibration source, sample size and seed, method, gate
-    calib: str | None = None
-    calib_size: int = 300
-    calib_seed: int = 0
-    #: None: the zoo entry's method or meanminmax, and the accuracy gate may try the others; a name pins it
-    calib_method: str | None = None
-    int8_source: str = "nncf"
-    val: str | None = None
-    val_size: int = 100
-    max_ap_drop: float | None = None
-
 
 @dataclass
 class ResolvedModel:
@@ -67,45 +36,6 @@ class ResolvedModel:
     name: str
     family: str
     weights: dict[str, Any]
-
-
-def _check_options(opts: ExportOptions) -> None:
-    if opts.target not in TARGETS:
-        raise UsageError(f"unknown target '{opts.target}'; use one of {', '.join(TARGETS)}")
-    if opts.precision not in PRECISIONS:
-        raise UsageError(f"unknown precision '{opts.precision}'; use one of {', '.join(PRECISIONS)}")
-    supported = SUPPORTED.get(opts.target, ())
-    if opts.precision not in supported:
-        raise UsageError(
-            f"--target {opts.target} --precision {opts.precision} is not supported by this edgepose "
-            f"(supported: {', '.join(f'{t}/{p}' for t, ps in SUPPORTED.items() for p in ps)})"
-        )
-    if opts.weights is not None and opts.random_weights:
-        raise UsageError("--weights and --random-weights exclude each other; choose one")
-    if opts.dynamic and opts.target != "openvino":
-        raise UsageError("--dynamic input sizes are supported for --target openvino only")
-    if opts.precision == "int8" and opts.calib is None:
-        raise UsageError(
-            "--precision int8 needs calibration images: pass --calib with a folder of your camera's images, "
-            "a video, a COCO annotation file, or synthetic"
-        )
-    int8_only = {
-        "--calib": opts.calib,
-        "--calib-method": opts.calib_method,
-        "--val": opts.val,
-        "--max-ap-drop": opts.max_ap_drop,
-    }
-    given = [flag for flag, value in int8_only.items() if value is not None]
-    if opts.precision != "int8" and given:
-        raise UsageError(f"{', '.join(given)} only apply to --precision int8")
-    if opts.max_ap_drop is not None and (opts.val is None or opts.max_ap_drop < 0):
-        raise UsageError("--max-ap-drop needs --val data to measure AP on, and must not be negative")
-    if opts.calib_method is not None:
-        from edgepose.calibration.ort_quant import METHODS
-
-        if opts.calib_method not in METHODS:
-            known = ", ".join(METHODS)
-            raise UsageError(f"unknown calibration method '{opts.calib_method}'; use one of {known}")
 
 
 def resolve_model(
@@ -188,7 +118,7 @@ def default_output(opts: ExportOptions, size: tuple[int, int]) -> Path:
 
 def export_model(opts: ExportOptions, log=print) -> Bundle:
     """Run the whole export; returns the written bundle. Nothing is written when any step fails."""
-    _check_options(opts)
+    check_options(opts)
     calibration = None
     if opts.precision == "int8":
         from edgepose.calibration.data import load_calibration
@@ -214,8 +144,7 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
         size = parse_imgsz(tuple(default), stride=max_stride)
     skeleton = _skeleton_for(int(head["num_keypoints"]), opts.skeleton)
     output = Path(opts.output) if opts.output else default_output(opts, size)
-    if output.exists() and any(output.iterdir()) and not opts.overwrite:
-        raise UsageError(f"output {output} already exists; choose another --output or pass --overwrite")
+    check_output_free(output, opts.overwrite)
     output_names = list(head["output_names"])
     decoder_cfg = decoder_config(resolved.family, head, _zoo_decoder_overrides(resolved.name))
     rescore = _rescore_net(opts.rescore, resolved.family, skeleton.num_keypoints)

@@ -186,10 +186,3 @@ TARGETS: dict[str, Callable[[ExportContext], TargetResult]] = {
     "openvino": package_openvino,
     "jetson": package_jetson,
 }
-
-#: precisions each target produces today
-SUPPORTED: dict[str, tuple[str, ...]] = {
-    "cpu": ("fp32", "int8"),
-    "openvino": ("fp32", "fp16", "int8"),
-    "jetson": ("fp32", "fp16", "int8"),
-}

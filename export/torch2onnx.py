@@ -16,10 +16,9 @@ from typing import Any
 
 import onnx
 import torch
+from edgepose.export.options import DEFAULT_OPSET
 
 from edgepose.errors import ExportError
-
-DEFAULT_OPSET = 17
 
 
 def torch_to_onnx(

@@ -48,6 +48,36 @@ def test_unknown_model_is_one_line_error(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_export_flag_mistakes_are_refused_before_torch_loads(tmp_path):
+    """Checking export's flags imports nothing heavy, so a mistake costs the user a moment, not torch's
+    start-up; each check still refuses in one line and writes nothing."""
+    code = (
+        "import sys\n"
+        "from edgepose.errors import UsageError\n"
+        "from edgepose.export.options import ExportOptions, check_options\n"
+        "for opts in (ExportOptions('kapao-xxl'), ExportOptions('kapao-t', precision='int8'),\n"
+        "             ExportOptions('kapao-t', target='tpu')):\n"
+        "    try:\n"
+        "        check_options(opts)\n"
+        "    except UsageError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit('not refused: ' + repr(opts))\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "", out.stdout + out.stderr
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "manifest.json").write_text("{}")
+    start = time.perf_counter()
+    res = _run("export", "kapao-t", "--random-weights", "--output", str(taken))
+    elapsed = time.perf_counter() - start
+    assert res.returncode == 2 and "already exists" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert (taken / "manifest.json").read_text() == "{}"
+    assert elapsed < 1.5, f"refusing a taken --output took {elapsed:.2f} s"
+
+
 def test_doctor_lists_runtimes_and_cpu():
     res = _run("doctor")
     assert res.returncode == 0

@@ -121,6 +121,15 @@ def test_invalid_combinations_are_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_every_target_has_its_precisions_declared():
+    """``options.SUPPORTED`` (checked without torch) and ``targets.TARGETS`` (the packagers) name the same
+    targets, so no flag check can accept a target nothing packages, or refuse one that exists."""
+    from edgepose.export.options import SUPPORTED
+    from edgepose.export.targets import TARGETS
+
+    assert set(SUPPORTED) == set(TARGETS)
+
+
 def test_agreement_matches_and_measures():
     kp = np.zeros((2, 17, 3), np.float32)
     kp[0, :, :2], kp[1, :, :2] = 50, 200
