@@ -263,7 +263,9 @@ def quantize_for_target(req: Int8Request) -> Int8Result:
                 "representative images, or export fp16/fp32"
             )
         if not ranking:
-            ranking = _rank(req, tensors, check_images)
+            # a cpu/jetson round-0 build is the very Q/DQ ONNX the ranking needs: no second quantization
+            built = cand.model_path if req.target in ("cpu", "jetson") else None
+            ranking = _rank(req, tensors, check_images, built)
             if not ranking:
                 raise ExportError(
                     "the gate found no quantized layer to keep in float; export fp16/fp32 instead"
@@ -351,21 +353,31 @@ def _gate_record(
     }
 
 
-def _rank(req: Int8Request, tensors: Sequence[np.ndarray], images: Sequence[np.ndarray]) -> list[Any]:
-    """Layers by how much INT8 error keeping each in float removes, measured on a Q/DQ ONNX of the model."""
+def _rank(
+    req: Int8Request,
+    tensors: Sequence[np.ndarray],
+    images: Sequence[np.ndarray],
+    qdq: Path | None = None,
+) -> list[Any]:
+    """Layers by how much INT8 error keeping each in float removes, measured on a Q/DQ ONNX of the model.
+
+    ``qdq``: that Q/DQ ONNX when the caller has it already (``req.method``'s build with no layer
+    excluded, for cpu and jetson); made here otherwise (OpenVINO's NNCF builds are IRs, not Q/DQ).
+    """
     from edgepose.calibration.sensitivity import rank_layers
 
-    qdq = req.workdir / "sensitivity" / "qdq.onnx"
-    qdq.parent.mkdir(parents=True, exist_ok=True)
     config = (
         OrtQuantConfig(method=req.method)
         if req.target != "jetson"
         else replace(TENSORRT_CONFIG, method=req.method)
     )
-    q = req.quantize(tensors, qdq, config)
+    if qdq is None:
+        path = req.workdir / "sensitivity" / "qdq.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        qdq = req.quantize(tensors, path, config).path
     probe = list(calibration_tensors(images, req.input_size))
     full, ranked = rank_layers(
-        q.path, req.fp32_onnx, req.input_name, probe, subpixel_deconv=config.subpixel_deconv
+        qdq, req.fp32_onnx, req.input_name, probe, subpixel_deconv=config.subpixel_deconv
     )
     req.log(
         f"sensitivity: full INT8 error {full:.4g}; most sensitive: "
