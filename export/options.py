@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgepose.errors import UsageError
 
-#: ONNX opset of every export (the lowest that has every operator the three families need)
+#: ONNX opset the exports are written in
 DEFAULT_OPSET = 17
 
 PRECISIONS = ("fp32", "fp16", "int8")
