@@ -122,6 +122,8 @@ class Int8Candidate:
     quantizer: dict[str, Any]
     #: target-specific manifest fields (the OpenVINO section of an IR)
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: the Q/DQ ONNX this build quantized, when it made one (not NNCF, which quantizes the IR)
+    qdq_onnx: Path | None = None
 
     def open(self) -> Runtime:
         opts = {"precision": "int8"} if self.runtime == "openvino" else {}
@@ -155,7 +157,7 @@ def _build(
     if req.target in ("cpu", "jetson"):
         config = replace(OrtQuantConfig() if req.target == "cpu" else TENSORRT_CONFIG, method=req.method)
         q = req.quantize(tensors, work / "model.onnx", config, exclude)
-        return Int8Candidate({"model": q.path}, "onnxruntime", q.path, q.summary())
+        return Int8Candidate({"model": q.path}, "onnxruntime", q.path, q.summary(), qdq_onnx=q.path)
     if req.target == "openvino":
         from edgepose.calibration.openvino_quant import describe, nncf_quantizer
         from edgepose.export.onnx2openvino import onnx_to_openvino
@@ -165,17 +167,17 @@ def _build(
             q = req.quantize(tensors, work / "qdq.onnx", config, exclude)
             converted = onnx_to_openvino(q.path, work / "ir", "int8")
             quantizer = {**q.summary(), "openvino": "Q/DQ ONNX converted to IR"}
-            model = q.path
+            model = qdq = q.path
         else:
             keep = [*req.float_tail(), *exclude]
             converted = onnx_to_openvino(
                 req.fp32_onnx, work / "ir", "int8", quantize=nncf_quantizer(tensors, keep)
             )
             quantizer = {**describe("performance", keep), "excluded_layers": list(exclude)}
-            model = req.fp32_onnx
+            model, qdq = req.fp32_onnx, None
         xml = converted["artifacts"]["ir"]
         artifacts = {"model": model, **converted["artifacts"]}
-        return Int8Candidate(artifacts, "openvino", xml, quantizer, converted["manifest"])
+        return Int8Candidate(artifacts, "openvino", xml, quantizer, converted["manifest"], qdq)
     raise UsageError(f"INT8 is not available for --target {req.target}")
 
 
@@ -263,9 +265,8 @@ def quantize_for_target(req: Int8Request) -> Int8Result:
                 "representative images, or export fp16/fp32"
             )
         if not ranking:
-            # a cpu/jetson round-0 build is the very Q/DQ ONNX the ranking needs: no second quantization
-            built = cand.model_path if req.target in ("cpu", "jetson") else None
-            ranking = _rank(req, tensors, check_images, built)
+            # a round-0 Q/DQ build is the very model the ranking needs: no second quantization
+            ranking = _rank(req, tensors, check_images, cand.qdq_onnx)
             if not ranking:
                 raise ExportError(
                     "the gate found no quantized layer to keep in float; export fp16/fp32 instead"
@@ -361,8 +362,9 @@ def _rank(
 ) -> list[Any]:
     """Layers by how much INT8 error keeping each in float removes, measured on a Q/DQ ONNX of the model.
 
-    ``qdq``: that Q/DQ ONNX when the caller has it already (``req.method``'s build with no layer
-    excluded, for cpu and jetson); made here otherwise (OpenVINO's NNCF builds are IRs, not Q/DQ).
+    ``qdq``: that Q/DQ ONNX when the caller has it already (``req.method``'s round-0 build, nothing
+    excluded: cpu, jetson, OpenVINO from Q/DQ, all with the config used here); made here otherwise
+    (NNCF quantizes the IR and leaves no Q/DQ ONNX).
     """
     from edgepose.calibration.sensitivity import rank_layers
 
