@@ -400,6 +400,36 @@ def train(
     typer.echo(str(best))
 
 
+@app.command("fit-rescore")
+def fit_rescore(
+    bundle: Annotated[Path, typer.Argument(help="DEKR bundle whose poses the net will rescore")],
+    annotations: Annotated[Path, typer.Option(help="COCO keypoints annotation file (not your test set)")],
+    images: Annotated[Path, typer.Option(help="folder with the annotated images")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="rescoring net to write (.pth)")],
+    epochs: Annotated[int, typer.Option(help="passes over the poses (official: 20)", min=1)] = 20,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (official: 0.001)")] = 1e-3,
+    batch: Annotated[int, typer.Option(help="poses per step (official: 1024)", min=1)] = 1024,
+    seed: Annotated[int, typer.Option(help="seed for initialisation and shuffling")] = 0,
+    runtime: Annotated[str | None, typer.Option(help="override the bundle's runtime")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --output")] = False,
+) -> None:
+    """Fit DEKR's rescoring net to BUNDLE's own poses on annotated images; ship it with `export --rescore`."""
+    from edgepose.errors import UsageError
+
+    if output.exists() and not overwrite:
+        raise UsageError(f"{output} already exists; choose another --output or pass --overwrite")
+    from edgepose.training.rescore import collect_rescore_data, fit_rescore_net, save_rescore_net
+
+    data = collect_rescore_data(bundle, annotations, images, runtime=runtime, progress=True)
+    _log(f"{len(data)} poses on {data.images} images; mean target OKS {data.targets.mean():.3f}")
+    fit = fit_rescore_net(data, epochs=epochs, lr=lr, batch=batch, seed=seed)
+    _log(
+        f"mean squared error {fit.epoch_mse[-1]:.4f} after {epochs} epochs "
+        f"(predicting the mean OKS for every pose: {fit.baseline_mse:.4f})"
+    )
+    typer.echo(str(save_rescore_net(fit, output)))
+
+
 @app.command()
 def compare(
     bundle_a: Annotated[Path, typer.Argument(help="first bundle folder (the reference by default)")],

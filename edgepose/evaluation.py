@@ -105,6 +105,42 @@ def evaluate_results(
     return {name: max(0.0, float(ev.stats[i])) for name, i in zip(STAT_NAMES, _STAT_INDEX)}
 
 
+def oks_matrix(
+    pred_xy: np.ndarray,
+    gt_keypoints: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_areas: np.ndarray,
+    sigmas: np.ndarray,
+) -> np.ndarray:
+    """(N, M) OKS of N predicted poses (N, K, 2) with M ground-truth people, as pycocotools computes it.
+
+    ``gt_keypoints`` (M, K, 3) with visibility, ``gt_boxes`` (M, 4) xywh, ``gt_areas`` (M,). Only labelled
+    keypoints count; a person without any is compared by how far each keypoint lies outside the box grown
+    by its size on every side (pycocotools' rule, which gives such a person an OKS of 1 for anything
+    inside that box).
+    """
+    pred = np.asarray(pred_xy, np.float64).reshape(len(pred_xy), -1, 2)
+    gt = np.asarray(gt_keypoints, np.float64).reshape(len(gt_keypoints), -1, 3)
+    boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+    areas = np.asarray(gt_areas, np.float64).reshape(-1)
+    var = (2.0 * np.asarray(sigmas, np.float64).reshape(-1)) ** 2
+    out = np.zeros((len(pred), len(gt)))
+    for j in range(len(gt)):
+        labelled = gt[j, :, 2] > 0
+        if labelled.any():
+            dx = pred[:, :, 0] - gt[j, None, :, 0]
+            dy = pred[:, :, 1] - gt[j, None, :, 1]
+        else:
+            x, y, w, h = boxes[j]
+            dx = np.maximum(0.0, (x - w) - pred[:, :, 0]) + np.maximum(0.0, pred[:, :, 0] - (x + 2 * w))
+            dy = np.maximum(0.0, (y - h) - pred[:, :, 1]) + np.maximum(0.0, pred[:, :, 1] - (y + 2 * h))
+        e = (dx**2 + dy**2) / var / (areas[j] + np.spacing(1)) / 2.0
+        if labelled.any():
+            e = e[:, labelled]
+        out[:, j] = np.exp(-e).mean(axis=1)
+    return out
+
+
 def ground_truth_as_results(annotations: str | Path | dict) -> list[dict]:
     """Every non-crowd ground-truth person with labelled keypoints as a result with score 1.0."""
     data = _load(annotations, None)

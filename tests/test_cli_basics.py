@@ -33,7 +33,7 @@ def test_help_is_fast():
 
 def test_every_command_has_help():
     # Every command the README and the issues name: a command lost from the app fails here.
-    commands = "models export build predict demo synth eval train compare doctor bench report"
+    commands = "models export build predict demo synth eval train fit-rescore compare doctor bench report"
     for cmd in commands.split():
         res = _run(cmd, "--help")
         assert res.returncode == 0, res.stderr

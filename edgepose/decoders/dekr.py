@@ -298,35 +298,36 @@ def _decode_kernel(heat, off, stride, thr, radius, max_people, nms_thre, nms_num
     return xy[keep], joint[keep], ctr[keep], mean[keep]
 
 
-def finish(
-    xy: np.ndarray,
-    joint: np.ndarray,
-    ctr: np.ndarray,
-    mean: np.ndarray,
-    meta: LetterboxMeta,
-    params: DekrParams,
-    head: DekrHead,
-) -> Poses:
-    """Kept poses in input pixels -> ``Poses`` in original pixels: scores, rescoring, clipping, boxes."""
-    k = head.num_keypoints
-    if len(mean) == 0:
-        return Poses.empty(k)
-    orig = np.empty_like(xy)
-    orig[..., 0] = (xy[..., 0] - meta.pad[0]) / meta.gain
-    orig[..., 1] = (xy[..., 1] - meta.pad[1]) / meta.gain
-    scores = ctr * mean
-    if params.rescore and head.rescore_file:
-        scores = RescoreNet.load(head.rescore_file).rescore(orig, ctr[:, None] * joint, scores)
-    if params.clip:
-        np.clip(orig[..., 0], 0.0, meta.original_size[0], out=orig[..., 0])
-        np.clip(orig[..., 1], 0.0, meta.original_size[1], out=orig[..., 1])
-    keypoints = np.concatenate([orig, joint[..., None]], axis=2)
-    boxes = np.concatenate([orig.min(axis=1), orig.max(axis=1)], axis=1)
-    return Poses(keypoints, scores, boxes, np.zeros((len(scores), k), bool))
+@dataclass(frozen=True)
+class DekrCandidates:
+    """The poses pose NMS kept, before scoring: what the decoder and the rescoring net's fitting share.
+
+    xy: (N, K, 2) keypoints in original-image pixels, not clipped. joint: (N, K) per-joint heat.
+    centre: (N,) centre heat. mean_joint: (N,) mean joint heat (as the kernel summed it).
+    """
+
+    xy: np.ndarray
+    joint: np.ndarray
+    centre: np.ndarray
+    mean_joint: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.centre)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The official pose score before rescoring: centre heat x mean joint heat."""
+        return self.centre * self.mean_joint
+
+    @property
+    def keypoint_scores(self) -> np.ndarray:
+        """Per-joint ``centre heat x joint heat``: the score the official results write, and what the
+        rescoring net reads."""
+        return self.centre[:, None] * self.joint
 
 
-def decode(outputs: Outputs, meta: LetterboxMeta, params: DekrParams, head: DekrHead) -> Poses:
-    """Raw DEKR outputs of one image -> ``Poses`` in original-image pixels, in the official keep order."""
+def candidates(outputs: Outputs, meta: LetterboxMeta, params: DekrParams, head: DekrHead) -> DekrCandidates:
+    """Raw DEKR outputs of one image -> the kept poses in original pixels, unscored (steps 1-4 above)."""
     heat, off = read_outputs(outputs, head)
     xy, joint, ctr, mean = _decode_kernel(
         heat,
@@ -338,7 +339,32 @@ def decode(outputs: Outputs, meta: LetterboxMeta, params: DekrParams, head: Dekr
         params.nms_threshold,
         params.nms_num_threshold,
     )
-    return finish(xy, joint, ctr, mean, meta, params, head)
+    orig = np.empty_like(xy)
+    orig[..., 0] = (xy[..., 0] - meta.pad[0]) / meta.gain
+    orig[..., 1] = (xy[..., 1] - meta.pad[1]) / meta.gain
+    return DekrCandidates(orig, joint, ctr, mean)
+
+
+def finish(found: DekrCandidates, meta: LetterboxMeta, params: DekrParams, head: DekrHead) -> Poses:
+    """Kept poses -> ``Poses``: scores, rescoring, clipping, boxes (step 5)."""
+    k = head.num_keypoints
+    if len(found) == 0:
+        return Poses.empty(k)
+    scores = found.scores
+    if params.rescore and head.rescore_file:
+        scores = RescoreNet.load(head.rescore_file).rescore(found.xy, found.keypoint_scores, scores)
+    orig = found.xy.copy()
+    if params.clip:
+        np.clip(orig[..., 0], 0.0, meta.original_size[0], out=orig[..., 0])
+        np.clip(orig[..., 1], 0.0, meta.original_size[1], out=orig[..., 1])
+    keypoints = np.concatenate([orig, found.joint[..., None]], axis=2)
+    boxes = np.concatenate([orig.min(axis=1), orig.max(axis=1)], axis=1)
+    return Poses(keypoints, scores, boxes, np.zeros((len(scores), k), bool))
+
+
+def decode(outputs: Outputs, meta: LetterboxMeta, params: DekrParams, head: DekrHead) -> Poses:
+    """Raw DEKR outputs of one image -> ``Poses`` in original-image pixels, in the official keep order."""
+    return finish(candidates(outputs, meta, params, head), meta, params, head)
 
 
 def warmup(head: DekrHead) -> None:
