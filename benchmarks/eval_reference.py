@@ -6,6 +6,9 @@ so the two figures differ only by the export. This is what the model cards and R
 
     python benchmarks/eval_reference.py --model kapao-n --seed 1000 --images 250
     python benchmarks/eval_reference.py --model kapao-n --weights runs/kapao-n/best.pt --data DIR
+
+A DEKR model's shipped weights bring the rescoring net fitted to them (``edgepose fit-rescore``), as
+``edgepose export`` does; ``--rescore FILE`` names another (for ``--weights``), ``--no-rescore`` drops it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def main() -> None:
         "--seed", type=int, default=1000, help="val-v1 stream when generating (training never uses it)"
     )
     ap.add_argument("--images", type=int, default=250)
+    ap.add_argument("--rescore", type=Path, help="DEKR: rescoring net to ship (default: the zoo's, if any)")
+    ap.add_argument("--no-rescore", action="store_true", help="DEKR: evaluate without a rescoring net")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the torch evaluation")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -60,19 +65,22 @@ def main() -> None:
     from edgepose.data.synthetic import generate_dataset
     from edgepose.evaluation import run_bundle_eval
     from edgepose.models.checkpoints import load_checkpoint
-    from edgepose.models.zoo import shipped_weights_path
+    from edgepose.models.zoo import shipped_rescore_path, shipped_weights_path
 
     torch.set_num_threads(args.threads)
     weights = args.weights or shipped_weights_path(args.model)
     if weights is None:
         raise SystemExit(f"{args.model} ships no weights: pass --weights")
+    rescore = args.rescore or (shipped_rescore_path(args.model) if args.weights is None else None)
+    if args.no_rescore:
+        rescore = None
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or generate_dataset(Path(tmp) / "val", args.images, args.seed, "val-v1")
         bundle_dir = Path(tmp) / "bundle"
-        export_model(
-            ExportOptions(model=args.model, weights=weights, imgsz=args.imgsz, output=bundle_dir),
-            log=lambda m: None,
+        opts = ExportOptions(
+            model=args.model, weights=weights, imgsz=args.imgsz, output=bundle_dir, rescore=rescore
         )
+        export_model(opts, log=lambda m: None)
         bundle = load_bundle(bundle_dir)
         t0 = time.perf_counter()
         onnx_fig = run_bundle_eval(bundle_dir, data / "annotations.json", data / "images")
@@ -91,6 +99,7 @@ def main() -> None:
     result = {
         "model": args.model,
         "weights": str(weights),
+        "rescore": str(rescore) if rescore else None,
         "imgsz": "x".join(map(str, bundle.input_size)),
         "data": {
             "profile": info.get("profile"),

@@ -147,7 +147,10 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
     check_output_free(output, opts.overwrite)
     output_names = list(head["output_names"])
     decoder_cfg = decoder_config(resolved.family, head, _zoo_decoder_overrides(resolved.name))
-    rescore = _rescore_net(opts.rescore, resolved.family, skeleton.num_keypoints)
+    rescore_path = opts.rescore or _shipped_rescore(resolved)
+    rescore = _rescore_net(rescore_path, resolved.family, skeleton.num_keypoints)
+    if rescore is not None and opts.rescore is None:
+        log(f"shipping the rescoring net fitted to {resolved.name}'s shipped weights ({rescore_path.name})")
 
     with tempfile.TemporaryDirectory(prefix="edgepose-export-") as tmpdir:
         extra_artifacts: dict[str, Path] = {}
@@ -221,7 +224,11 @@ def export_model(opts: ExportOptions, log=print) -> Bundle:
                 "skeleton": skeleton.to_dict(),
                 "weights": resolved.weights["source"],
                 "checkpoint_sha256": resolved.weights["sha256"],
-                **({"rescore": str(opts.rescore)} if rescore is not None else {}),
+                **(
+                    {"rescore": str(opts.rescore) if opts.rescore else f"shipped: {rescore_path.name}"}
+                    if rescore is not None
+                    else {}
+                ),
             },
             "input": {
                 "name": "images",
@@ -284,6 +291,16 @@ def _rescore_net(path: Path | None, family: str, num_keypoints: int):
     from edgepose.models.dekr_checkpoints import load_rescore_checkpoint
 
     return load_rescore_checkpoint(path, num_keypoints)
+
+
+def _shipped_rescore(resolved: ResolvedModel) -> Path | None:
+    """The zoo's rescoring net for a model exported with its shipped weights: it was fitted to those
+    weights' poses, so a user's ``--weights`` or random weights never get it."""
+    from edgepose.models.zoo import ZOO, shipped_rescore_path
+
+    if resolved.name not in ZOO or not str(resolved.weights["source"]).startswith("shipped: "):
+        return None
+    return shipped_rescore_path(resolved.name)
 
 
 def _with_rescore_file(cfg: dict[str, Any], file: str) -> dict[str, Any]:

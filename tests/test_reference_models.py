@@ -25,7 +25,12 @@ from edgepose.bundle import load_bundle  # noqa: E402
 from edgepose.data.synthetic import generate_dataset, render_sample, sample_seed  # noqa: E402
 from edgepose.evaluation import evaluate_results, predict_results  # noqa: E402
 from edgepose.models.checkpoints import load_checkpoint, read_checkpoint  # noqa: E402
-from edgepose.models.zoo import ZOO, get_model_info, shipped_weights_path  # noqa: E402
+from edgepose.models.zoo import (  # noqa: E402
+    ZOO,
+    get_model_info,
+    shipped_rescore_path,
+    shipped_weights_path,
+)
 
 #: the published evaluation stream (docs/reference-models.md): training never draws from it
 EVAL_STREAM = 1000
@@ -144,6 +149,10 @@ def test_cpu_bundle_ap_matches_the_model_card(bundles, cpu_results, published_va
     """The card's AP is what the exported CPU bundle scores on the published stream (issue: within 0.03)."""
     name, paths = bundles
     assert abs(_ap(paths["cpu"], published_val, cpu_results) - _card_ap(name)) <= 0.03
+    if get_model_info(name).rescore:  # DEKR: the card's figure includes the net fitted to these weights
+        rescore = shipped_rescore_path(name)
+        for bundle in paths.values():
+            assert load_bundle(bundle).manifest["model"]["rescore"] == f"shipped: {rescore.name}"
 
 
 def test_openvino_fp16_keeps_the_fp32_ap(bundles, cpu_results, published_val):

@@ -49,6 +49,9 @@ class ModelInfo:
     #: INT8 calibration method measured best for these weights (None: the toolkit's default);
     #: ``--calib-method`` overrides it
     calib_method: str | None = None
+    #: DEKR: the rescoring net fitted to the shipped weights' poses (``edgepose fit-rescore``), which
+    #: ``edgepose export`` ships with those weights unless ``--rescore`` names another
+    rescore: str | None = None
 
 
 def _entry(family: str) -> Callable[..., ModelInfo]:
@@ -63,6 +66,7 @@ def _entry(family: str) -> Callable[..., ModelInfo]:
         description: str,
         decoder: dict[str, dict[str, Any]] | None = None,
         calib_method: str | None = None,
+        rescore: str | None = None,
         **config: Any,
     ) -> ModelInfo:
         return ModelInfo(
@@ -77,6 +81,7 @@ def _entry(family: str) -> Callable[..., ModelInfo]:
             description=description,
             decoder=decoder or {},
             calib_method=calib_method,
+            rescore=rescore,
         )
 
     return make
@@ -177,6 +182,7 @@ ZOO: dict[str, ModelInfo] = {
             5.709,
             "shipped: edgepose/weights/dekr-n.pt",
             "small reference DEKR (HRNet-W16, one module per stage) trained by edgepose",
+            rescore="shipped: edgepose/weights/dekr-n-rescore.pth",
             width=16,
             heatmap_channels=16,
             offset_channels=8,
@@ -258,14 +264,22 @@ def get_model_info(name: str) -> ModelInfo:
         raise UsageError(f"unknown model '{name}'; known: {', '.join(sorted(ZOO))}") from None
 
 
+def _shipped_file(entry: str | None) -> Path | None:
+    prefix = "shipped: edgepose/"
+    if not entry or not entry.startswith(prefix):
+        return None
+    path = Path(__file__).resolve().parents[1] / entry[len(prefix) :].strip()
+    return path if path.is_file() else None
+
+
 def shipped_weights_path(name: str) -> Path | None:
     """The weights file shipped inside the package for ``name``; None when it ships none (or not yet)."""
-    info = get_model_info(name)
-    prefix = "shipped: edgepose/"
-    if not info.weights.startswith(prefix):
-        return None
-    path = Path(__file__).resolve().parents[1] / info.weights[len(prefix) :].strip()
-    return path if path.is_file() else None
+    return _shipped_file(get_model_info(name).weights)
+
+
+def shipped_rescore_path(name: str) -> Path | None:
+    """DEKR: the rescoring net shipped for ``name``'s shipped weights; None when there is none."""
+    return _shipped_file(get_model_info(name).rescore)
 
 
 def weights_status(name: str) -> str:
