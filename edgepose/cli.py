@@ -76,7 +76,10 @@ def export(
     dynamic: Annotated[bool, typer.Option(help="variable input size (openvino; static is faster)")] = False,
     rescore: Annotated[
         Path | None,
-        typer.Option(help="DEKR: official final_rescore_*_kpt.pth to ship (the accuracy preset rescores)"),
+        typer.Option(
+            help="DEKR, KAPAO: rescoring net to ship (official final_rescore_*_kpt.pth or from fit-rescore; "
+            "the accuracy preset rescores)"
+        ),
     ] = None,
     calib: Annotated[
         str | None,
@@ -402,7 +405,7 @@ def train(
 
 @app.command("fit-rescore")
 def fit_rescore(
-    bundle: Annotated[Path, typer.Argument(help="DEKR bundle whose poses the net will rescore")],
+    bundle: Annotated[Path, typer.Argument(help="DEKR or KAPAO bundle whose poses the net will rescore")],
     annotations: Annotated[Path, typer.Option(help="COCO keypoints annotation file (not your test set)")],
     images: Annotated[Path, typer.Option(help="folder with the annotated images")],
     output: Annotated[Path, typer.Option("--output", "-o", help="rescoring net to write (.pth)")],
@@ -413,7 +416,7 @@ def fit_rescore(
     runtime: Annotated[str | None, typer.Option(help="override the bundle's runtime")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --output")] = False,
 ) -> None:
-    """Fit DEKR's rescoring net to BUNDLE's own poses on annotated images; ship it with `export --rescore`."""
+    """Fit a rescoring net to BUNDLE's own poses on annotated images; ship it with `export --rescore`."""
     from edgepose.errors import UsageError
 
     if output.exists() and not overwrite:

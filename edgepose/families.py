@@ -7,7 +7,9 @@ Every family has a decoder module ``edgepose.decoders.<family>`` with the same s
 - ``CONF_PARAM``: the name of the main detection threshold (what ``--conf`` sets);
 - ``decode(outputs, meta, params, head) -> Poses`` and ``warmup(head)``;
 - ``describe_outputs(head) -> {name: meaning}`` for the manifest;
-- ``decoded_difference(reference, candidate, head, params) -> {"decoded_max_px", ...}`` for parity.
+- ``decoded_difference(reference, candidate, head, params) -> {"decoded_max_px", ...}`` for parity;
+- optionally ``rescore_inputs(outputs, meta, params, head) -> (xy, joint_scores)``: a family that has
+  it takes a rescoring net (``head.rescore_file``; ``edgepose fit-rescore`` fits one to these inputs).
 
 Nothing here imports torch or a runtime: a device running a bundle only needs numpy and numba.
 """
@@ -124,3 +126,8 @@ def decoded_difference_fn(
     """``(reference, candidate) -> {"decoded_max_px", ...}`` for the parity check of ``cfg``'s family."""
     dec = make_decoder(cfg, preset)
     return lambda ref, got: dec._module.decoded_difference(ref, got, dec.head, dec.params)
+
+
+def rescorable_families() -> tuple[str, ...]:
+    """Families whose decoders take a rescoring net (their module has ``rescore_inputs``)."""
+    return tuple(f for f in FAMILIES if hasattr(decoder_module(f), "rescore_inputs"))

@@ -40,7 +40,8 @@ class ExportOptions:
     skeleton: str | None = None
     overwrite: bool = False
     dynamic: bool = False
-    #: DEKR only: an official ``final_rescore_*_kpt.pth``, shipped in the bundle as ``rescore.npz``
+    #: DEKR, KAPAO: a rescoring net (official ``final_rescore_*_kpt.pth`` or ``fit-rescore``), shipped as
+    #: ``rescore.npz``
     rescore: Path | None = None
     # INT8 (see edgepose.calibration): calibration source, sample size and seed, method, gate
     calib: str | None = None

@@ -286,8 +286,12 @@ def _rescore_net(path: Path | None, family: str, num_keypoints: int):
     """The DEKR rescoring net of ``--rescore``, read (and checked) before anything is exported."""
     if path is None:
         return None
-    if family != "dekr":
-        raise UsageError(f"--rescore applies to DEKR models only; this is a {family} model")
+    from edgepose.families import rescorable_families
+
+    if family not in rescorable_families():
+        raise UsageError(
+            f"--rescore applies to {' and '.join(rescorable_families())} models; this is a {family} model"
+        )
     from edgepose.models.dekr_checkpoints import load_rescore_checkpoint
 
     return load_rescore_checkpoint(path, num_keypoints)

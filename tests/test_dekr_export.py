@@ -156,10 +156,10 @@ def test_rescore_refuses_other_families_and_bad_files_before_exporting(tmp_path)
     from edgepose.errors import CheckpointError, UsageError
 
     pth = _official_rescore_file(tmp_path / "r.pth")
-    with pytest.raises(UsageError, match="--rescore applies to DEKR models only"):
+    with pytest.raises(UsageError, match="--rescore applies to kapao and dekr models; this is a sahr model"):
         export_model(
             ExportOptions(
-                model="kapao-t", random_weights=True, imgsz="256", output=tmp_path / "k", rescore=pth
+                model="sahr-t", random_weights=True, imgsz="256", output=tmp_path / "k", rescore=pth
             ),
             log=lambda *_: None,
         )

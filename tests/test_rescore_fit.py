@@ -189,9 +189,7 @@ def _one_line_error(res: subprocess.CompletedProcess, *words: str) -> None:
     assert all(w in err for w in words), err
 
 
-def test_cli_fits_a_net_that_export_ships_and_refuses_mistakes(
-    dekr_bundle_and_data, kapao_t_bundle, tmp_path
-):
+def test_cli_fits_a_net_that_export_ships_and_refuses_mistakes(dekr_bundle_and_data, tmp_path):
     from edgepose.export.pipeline import ExportOptions, export_model
 
     from edgepose.bundle import load_bundle
@@ -210,8 +208,12 @@ def test_cli_fits_a_net_that_export_ships_and_refuses_mistakes(
 
     res = _cli("fit-rescore", str(bundle), *data, "--output", str(out))
     _one_line_error(res, "already exists", "--overwrite")
-    other = tmp_path / "kapao.pth"
-    _one_line_error(_cli("fit-rescore", str(kapao_t_bundle), *data, "--output", str(other)), "DEKR", "kapao")
+    other = tmp_path / "sahr.pth"
+    sahr = export_model(
+        ExportOptions(model="sahr-t", random_weights=True, imgsz="256", output=tmp_path / "sahr"),
+        log=lambda *_: None,
+    )
+    _one_line_error(_cli("fit-rescore", str(sahr.path), *data, "--output", str(other)), "holds a sahr model")
     missing = ["--annotations", str(tmp_path / "none.json"), "--images", str(folder / "images")]
     _one_line_error(_cli("fit-rescore", str(bundle), *missing, "--output", str(other)), "does not exist")
     assert not other.exists()
@@ -227,4 +229,49 @@ def test_shipped_rescoring_net_goes_only_with_the_shipped_weights():
     assert path is not None and load_rescore_checkpoint(path, 17).num_features == 74
     assert _shipped_rescore(ResolvedModel(None, "dekr-n", "dekr", {"source": "shipped: dekr-n.pt"})) == path
     assert _shipped_rescore(ResolvedModel(None, "dekr-n", "dekr", {"source": "runs/x/last.pt"})) is None
-    assert shipped_rescore_path("dekr-t") is None and shipped_rescore_path("kapao-n") is None
+    assert shipped_rescore_path("kapao-n") is not None
+    assert shipped_rescore_path("dekr-t") is None and shipped_rescore_path("sahr-n") is None
+
+
+def test_kapao_accuracy_preset_multiplies_scores_by_the_predicted_oks(kapao_t_bundle, tmp_path):
+    """Not in the official KAPAO: same poses, same order; only the accuracy preset's scores change."""
+    from edgepose.export.pipeline import ExportOptions, export_model
+
+    import edgepose
+    from edgepose.samples import sample_images
+
+    net_file = save_rescore_net(fit_rescore_net(_learnable_data(), epochs=3), tmp_path / "net.pth")
+    out = tmp_path / "kapao-rescored"  # the shared bundle's options (same seed: same weights) + the net
+    export_model(
+        ExportOptions(model="kapao-t", random_weights=True, imgsz="256", output=out, rescore=net_file),
+        log=lambda *_: None,
+    )
+    net = RescoreNet.load(out / "rescore.npz")
+    image = sample_images(limit=1)[0]
+    for preset in ("accuracy", "realtime"):
+        with edgepose.load(kapao_t_bundle, preset=preset) as plain, edgepose.load(out, preset=preset) as ours:
+            a, b = plain(image), ours(image)
+        assert len(a) == len(b) and (preset == "realtime" or len(a) > 0)
+        np.testing.assert_array_equal(a.keypoints, b.keypoints)
+        expected = a.scores
+        if preset == "accuracy":
+            expected = a.scores * net(rescore_features(a.keypoints[..., :2], a.keypoints[..., 2]))
+        np.testing.assert_allclose(b.scores, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_collection_reads_kapao_poses_as_decoded(kapao_t_bundle, dekr_bundle_and_data):
+    from edgepose.data.coco import load_keypoint_annotations
+    from edgepose.estimator import PoseEstimator
+    from edgepose.preprocess import read_image
+    from edgepose.training.rescore import collect_rescore_data
+
+    _, folder = dekr_bundle_and_data
+    got = collect_rescore_data(kapao_t_bundle, folder / "annotations.json", folder / "images")
+    ann = load_keypoint_annotations(folder / "annotations.json")
+    feats = []
+    with PoseEstimator(kapao_t_bundle, preset="accuracy") as est:
+        for img in ann["images"]:
+            poses = est(read_image(folder / "images" / img["file_name"]))
+            if len(poses):
+                feats.append(rescore_features(poses.keypoints[..., :2], poses.keypoints[..., 2]))
+    np.testing.assert_allclose(got.features, np.concatenate(feats).astype(np.float32), rtol=1e-6)

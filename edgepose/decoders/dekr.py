@@ -367,6 +367,14 @@ def decode(outputs: Outputs, meta: LetterboxMeta, params: DekrParams, head: Dekr
     return finish(candidates(outputs, meta, params, head), meta, params, head)
 
 
+def rescore_inputs(
+    outputs: Outputs, meta: LetterboxMeta, params: DekrParams, head: DekrHead
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K, 2) keypoints and (N, K) per-joint scores the rescoring net reads, for ``fit-rescore``."""
+    found = candidates(outputs, meta, params, head)
+    return found.xy, found.keypoint_scores
+
+
 def warmup(head: DekrHead) -> None:
     """Compile (or load from numba's cache) the kernels and read the rescoring weights, if any."""
     k = head.num_keypoints

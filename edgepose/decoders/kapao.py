@@ -17,6 +17,11 @@ Deliberate differences from the official code:
 - ``clip_keypoints="all"`` (default) clips every keypoint to the image. The official ``scale_coords``
   reuses the box clipper on the flattened keypoints, which clips only columns 0-3, i.e. keypoints 0 and 1;
   ``clip_keypoints="official"`` reproduces that, to match the official evaluation.
+
+Not in the official KAPAO: a head may carry a rescoring net (``rescore_file``, fitted to the model's own
+poses by ``edgepose fit-rescore``). With ``rescore`` on (the ``accuracy`` preset) each pose's score is
+multiplied by the net's predicted OKS from the decoded pose (DEKR's ``dekr_rescore`` features, per-joint
+scores the keypoint confidences); the poses themselves and their order do not change.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from edgepose.decoders.dekr_rescore import RescoreNet
 from edgepose.decoders.nms import batched_nms
 from edgepose.errors import BundleError, UsageError
 from edgepose.poses import Poses
@@ -56,6 +62,8 @@ class KapaoHead:
     num_keypoints: int
     output_names: tuple[str, ...] = ()
     layout: str = "B,A,H,W,C"
+    #: optional ``.npz`` of a rescoring net (``dekr_rescore.RescoreNet.save``)
+    rescore_file: str | None = None
     _strides_f64: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +92,7 @@ class KapaoHead:
             ("anchors", anchors),
             ("num_keypoints", k),
             ("output_names", names),
+            ("rescore_file", None if self.rescore_file is None else str(self.rescore_file)),
             ("_strides_f64", strides_f64),
         ):
             object.__setattr__(self, name, value)
@@ -120,6 +129,7 @@ class KapaoHead:
             d["num_keypoints"],
             tuple(d.get("output_names") or ()),
             str(d.get("layout") or "B,A,H,W,C"),  # bundles from before the layout was recorded
+            d.get("rescore_file"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +139,7 @@ class KapaoHead:
             "num_keypoints": self.num_keypoints,
             "output_names": list(self.output_names),
             "layout": self.layout,
+            **({"rescore_file": self.rescore_file} if self.rescore_file is not None else {}),
         }
 
     def __eq__(self, other: object) -> bool:
@@ -146,6 +157,7 @@ class KapaoParams:
 
     conf/iou: person (pose object) candidates and NMS; conf_kp/iou_kp: keypoint objects; conf_kp_person:
     only persons above it receive fused keypoints; overwrite_tol: fusion radius in original pixels.
+    rescore: apply the head's rescoring net, when it has one (not official; see the module docstring).
     """
 
     conf: float
@@ -159,6 +171,7 @@ class KapaoParams:
     max_wh: float = 4096.0
     use_kp_dets: bool = True
     clip_keypoints: str = "all"
+    rescore: bool = True
 
     def __post_init__(self) -> None:
         for name in ("conf", "iou", "conf_kp", "iou_kp", "conf_kp_person"):
@@ -182,6 +195,7 @@ class KapaoParams:
         object.__setattr__(self, "max_nms", int(self.max_nms))
         object.__setattr__(self, "max_wh", float(self.max_wh))
         object.__setattr__(self, "use_kp_dets", bool(self.use_kp_dets))
+        object.__setattr__(self, "rescore", bool(self.rescore))
 
     @property
     def combined_nms(self) -> bool:
@@ -213,8 +227,9 @@ class KapaoParams:
 PRESETS: dict[str, KapaoParams] = {
     # The official val.py defaults (what COCO AP is reported with).
     "accuracy": KapaoParams(0.001, 0.65, 0.2, 0.25, 0.3, 50),
-    # Close to the official demos: few candidates, one combined NMS.
-    "realtime": KapaoParams(0.5, 0.45, 0.5, 0.45, 0.2, 50),
+    # Close to the official demos: few candidates, one combined NMS; no rescoring (it reorders, it does
+    # not move points).
+    "realtime": KapaoParams(0.5, 0.45, 0.5, 0.45, 0.2, 50, rescore=False),
 }
 
 
@@ -502,7 +517,18 @@ def decode(outputs: LevelOutputs, meta: LetterboxMeta, params: KapaoParams, head
         float(meta.original_size[1]),
         params.clip_count(head.num_keypoints),
     )
+    if params.rescore and head.rescore_file and len(scores):
+        rescored = RescoreNet.load(head.rescore_file).rescore(kps[..., :2], kps[..., 2], scores)
+        scores = rescored.astype(np.float32)
     return Poses(kps, scores, boxes, fused)
+
+
+def rescore_inputs(
+    outputs: LevelOutputs, meta: LetterboxMeta, params: KapaoParams, head: KapaoHead
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K, 2) keypoints and (N, K) per-joint scores the rescoring net reads, for ``fit-rescore``."""
+    poses = decode(outputs, meta, params.replace(rescore=False), head)
+    return poses.keypoints[..., :2], poses.keypoints[..., 2]
 
 
 def warmup(head: KapaoHead) -> None:

@@ -49,7 +49,7 @@ class ModelInfo:
     #: INT8 calibration method measured best for these weights (None: the toolkit's default);
     #: ``--calib-method`` overrides it
     calib_method: str | None = None
-    #: DEKR: the rescoring net fitted to the shipped weights' poses (``edgepose fit-rescore``), which
+    #: DEKR, KAPAO: the rescoring net fitted to the shipped weights' poses (``edgepose fit-rescore``), which
     #: ``edgepose export`` ships with those weights unless ``--rescore`` names another
     rescore: str | None = None
 
@@ -144,6 +144,7 @@ ZOO: dict[str, ModelInfo] = {
             "small reference KAPAO trained by edgepose on synthetic people",
             # val-v1 people are small: a 25 px fusion radius beats the official 50 px (stream 999)
             decoder={"accuracy": {"overwrite_tol": 25}, "realtime": {"overwrite_tol": 25}},
+            rescore="shipped: edgepose/weights/kapao-n-rescore.pth",
         ),
         _kapao(
             "kapao-t",
@@ -278,7 +279,7 @@ def shipped_weights_path(name: str) -> Path | None:
 
 
 def shipped_rescore_path(name: str) -> Path | None:
-    """DEKR: the rescoring net shipped for ``name``'s shipped weights; None when there is none."""
+    """The rescoring net shipped for ``name``'s shipped weights (DEKR, KAPAO); None when there is none."""
     return _shipped_file(get_model_info(name).rescore)
 
 

@@ -16,6 +16,10 @@ the reference ``dekr-n``) needs its own, fitted the same way:
 
 The result is a state dict with the official keys (``l1/l2/l3.weight|bias``) saved with ``torch.save``,
 like ``final_rescore_coco_kpt.pth``, so ``edgepose export --rescore FILE`` ships it in a bundle.
+
+KAPAO bundles take one too (not in the official KAPAO, whose accuracy setting keeps many weak poses
+per image): the same features of each decoded pose, its keypoint confidences as per-joint scores.
+Each family's decoder says what it rescores (``rescore_inputs``), and the fit reads exactly that.
 """
 
 from __future__ import annotations
@@ -73,17 +77,21 @@ def collect_rescore_data(
     runtime: str | None = None,
     progress: bool = False,
 ) -> RescoreData:
-    """Run a DEKR bundle over annotated images; return each kept pose's features and best OKS."""
+    """Run a bundle over annotated images; return each pose's rescoring features and best OKS."""
     from edgepose.bundle import load_bundle
     from edgepose.data.coco import check_images, load_keypoint_annotations
-    from edgepose.decoders import dekr
     from edgepose.decoders.dekr_rescore import rescore_features
     from edgepose.estimator import PoseEstimator
+    from edgepose.families import decoder_module, rescorable_families
     from edgepose.preprocess import read_image
 
     b = load_bundle(bundle)
-    if b.family != "dekr":
-        raise UsageError(f"rescoring nets are DEKR's; bundle {bundle} holds a {b.family} model")
+    if b.family not in rescorable_families():
+        raise UsageError(
+            f"rescoring nets are for {' and '.join(rescorable_families())} models; "
+            f"bundle {bundle} holds a {b.family} model"
+        )
+    family = decoder_module(b.family)
     sigmas = b.skeleton.sigmas_array
     data = load_keypoint_annotations(annotations, num_keypoints=b.skeleton.num_keypoints)
     paths = check_images(data, images_dir)
@@ -101,11 +109,11 @@ def collect_rescore_data(
     with PoseEstimator(b, preset="accuracy", runtime=runtime, rescore=False) as est:
         for entry, path in items:
             tensor, meta = est.preprocess(read_image(path))
-            found = dekr.candidates(est.infer(tensor), meta, est.decoder.params, est.decoder.head)
-            if len(found) == 0:
+            xy, joint = family.rescore_inputs(est.infer(tensor), meta, est.decoder.params, est.decoder.head)
+            if len(xy) == 0:
                 continue
-            features.append(rescore_features(found.xy, found.keypoint_scores))
-            targets.append(best_oks_targets(found.xy, by_image.get(entry["id"], []), sigmas))
+            features.append(rescore_features(xy, joint))
+            targets.append(best_oks_targets(xy, by_image.get(entry["id"], []), sigmas))
     if not features:
         raise DataError(
             f"the model found no poses on the {len(paths)} images; nothing to fit a rescoring net to"
