@@ -7,7 +7,7 @@ so the two figures differ only by the export. This is what the model cards and R
     python benchmarks/eval_reference.py --model kapao-n --seed 1000 --images 250
     python benchmarks/eval_reference.py --model kapao-n --weights runs/kapao-n/best.pt --data DIR
 
-A DEKR model's shipped weights bring the rescoring net fitted to them (``edgepose fit-rescore``), as
+A DEKR or KAPAO model's shipped weights bring the rescoring net fitted to them (``edgepose fit-rescore``), as
 ``edgepose export`` does; ``--rescore FILE`` names another (for ``--weights``), ``--no-rescore`` drops it.
 """
 
@@ -52,8 +52,8 @@ def main() -> None:
         "--seed", type=int, default=1000, help="val-v1 stream when generating (training never uses it)"
     )
     ap.add_argument("--images", type=int, default=250)
-    ap.add_argument("--rescore", type=Path, help="DEKR: rescoring net to ship (default: the zoo's, if any)")
-    ap.add_argument("--no-rescore", action="store_true", help="DEKR: evaluate without a rescoring net")
+    ap.add_argument("--rescore", type=Path, help="rescoring net to ship (default: the zoo's, if any)")
+    ap.add_argument("--no-rescore", action="store_true", help="evaluate without a rescoring net")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the torch evaluation")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

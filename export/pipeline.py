@@ -283,7 +283,7 @@ RESCORE_FILE = "rescore.npz"
 
 
 def _rescore_net(path: Path | None, family: str, num_keypoints: int):
-    """The DEKR rescoring net of ``--rescore``, read (and checked) before anything is exported."""
+    """The rescoring net of ``--rescore`` (or the zoo's), read and checked before anything is exported."""
     if path is None:
         return None
     from edgepose.families import rescorable_families
