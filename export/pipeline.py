@@ -36,6 +36,8 @@ class ResolvedModel:
     name: str
     family: str
     weights: dict[str, Any]
+    #: the zoo's own weights (what its rescoring net, if any, was fitted to)
+    shipped: bool = False
 
 
 def resolve_model(
@@ -91,6 +93,7 @@ def resolve_model(
         info.name,
         info.family,
         {"source": f"shipped: {shipped.name}", "sha256": ck["sha256"], "format": ck.get("format")},
+        shipped=True,
     )
 
 
@@ -300,11 +303,9 @@ def _rescore_net(path: Path | None, family: str, num_keypoints: int):
 def _shipped_rescore(resolved: ResolvedModel) -> Path | None:
     """The zoo's rescoring net for a model exported with its shipped weights: it was fitted to those
     weights' poses, so a user's ``--weights`` or random weights never get it."""
-    from edgepose.models.zoo import ZOO, shipped_rescore_path
+    from edgepose.models.zoo import shipped_rescore_path
 
-    if resolved.name not in ZOO or not str(resolved.weights["source"]).startswith("shipped: "):
-        return None
-    return shipped_rescore_path(resolved.name)
+    return shipped_rescore_path(resolved.name) if resolved.shipped else None
 
 
 def _with_rescore_file(cfg: dict[str, Any], file: str) -> dict[str, Any]:

@@ -227,7 +227,8 @@ def test_shipped_rescoring_net_goes_only_with_the_shipped_weights():
 
     path = shipped_rescore_path("dekr-n")
     assert path is not None and load_rescore_checkpoint(path, 17).num_features == 74
-    assert _shipped_rescore(ResolvedModel(None, "dekr-n", "dekr", {"source": "shipped: dekr-n.pt"})) == path
+    shipped = {"source": "shipped: dekr-n.pt"}
+    assert _shipped_rescore(ResolvedModel(None, "dekr-n", "dekr", shipped, shipped=True)) == path
     assert _shipped_rescore(ResolvedModel(None, "dekr-n", "dekr", {"source": "runs/x/last.pt"})) is None
     assert shipped_rescore_path("kapao-n") is not None
     assert shipped_rescore_path("dekr-t") is None and shipped_rescore_path("sahr-n") is None

@@ -121,11 +121,14 @@ class RescoreNet:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RescoreNet:
-        return _load_cached(str(Path(path).resolve()))
+        """The net in ``path``, read once: decoders call this per frame, so the cache is keyed on the
+        name as given (a dictionary lookup), not on a resolved path (a filesystem call per frame)."""
+        return _load_cached(os.fspath(path))
 
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(path: str) -> RescoreNet:
+    path = str(Path(path).resolve())
     try:
         with np.load(path, allow_pickle=False) as data:
             weights = {k: data[k] for k in data.files}

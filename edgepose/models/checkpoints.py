@@ -185,12 +185,18 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, **extr
         "ema": None if ema is None else _cpu_state(ema),
         **extra,
     }
+    return atomic_torch_save(path, payload)
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` through a uniquely named temporary file that is synced and renamed into place:
+    the file at ``path`` is whole or absent, even when the process dies mid-write."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "xb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)

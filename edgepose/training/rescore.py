@@ -24,7 +24,6 @@ Each family's decoder says what it rescores (``rescore_inputs``), and the fit re
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +105,7 @@ def collect_rescore_data(
         # On stderr: stdout carries only the written file's path, for scripts.
         items = track(items, description="collecting poses", total=len(paths), console=Console(stderr=True))
     features, targets = [], []
-    with PoseEstimator(b, preset="accuracy", runtime=runtime, rescore=False) as est:
+    with PoseEstimator(b, preset="accuracy", runtime=runtime) as est:  # rescore_inputs: never rescored
         for entry, path in items:
             tensor, meta = est.preprocess(read_image(path))
             xy, joint = family.rescore_inputs(est.infer(tensor), meta, est.decoder.params, est.decoder.head)
@@ -148,11 +147,9 @@ def fit_rescore_net(
         "l2": nn.Linear(hidden, hidden),
         "l3": nn.Linear(hidden, 1),
     }
-    with torch.no_grad():
-        for layer in layers.values():
-            bound = (6.0 / ((1 + 1.0**2) * layer.in_features)) ** 0.5  # kaiming_uniform_(a=1), fan_in
-            layer.weight.uniform_(-bound, bound, generator=gen)
-            layer.bias.zero_()
+    for layer in layers.values():  # PredictOKSNet.init_weights
+        nn.init.kaiming_uniform_(layer.weight, a=1, generator=gen)
+        nn.init.zeros_(layer.bias)
     net = nn.Sequential(layers["l1"], nn.ReLU(), layers["l2"], nn.ReLU(), layers["l3"])
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     loss_fn = nn.MSELoss()
@@ -185,18 +182,9 @@ def fit_rescore_net(
 
 def save_rescore_net(fit: RescoreFit, output: str | Path) -> Path:
     """Write the state dict as the official ``.pth``; the file appears whole or not at all."""
-    import torch
+    from edgepose.models.checkpoints import atomic_torch_save
 
-    output = Path(output)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(fit.state_dict, tmp)
-        os.replace(tmp, output)
+        return atomic_torch_save(output, fit.state_dict)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {output}: {e.strerror or e}") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return output

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from edgepose.errors import CheckpointError, DataError, UsageError
+from edgepose.models.checkpoints import atomic_torch_save
 from edgepose.preprocess import parse_imgsz
 from edgepose.skeletons import COCO_17, Skeleton, get_skeleton
 from edgepose.training.amp import autocast_dtype
@@ -218,12 +219,6 @@ def _datasets(cfg: TrainConfig, skeleton: Skeleton) -> tuple[PoseDataset, Valida
             vset = CocoKeypointDataset(vimages, vann, cfg.imgsz, skeleton, augment=False)
             val = ValidationSet.from_dataset(vset, cfg.val_images)
     return train_set, val
-
-
-def _atomic_torch_save(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _load_state(path: Path) -> dict:
@@ -429,7 +424,7 @@ class Trainer:
             "wall_time": record["wall_s"],
             "best_ap": self.best_ap,
         }
-        _atomic_torch_save(self.out / STATE_FILE, state)
+        atomic_torch_save(self.out / STATE_FILE, state)
         _write_history(self.out / "results.csv", self.history)
 
 
