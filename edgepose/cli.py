@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -182,11 +182,17 @@ def predict(
     conf: Annotated[
         float | None, typer.Option(help="override the preset's person confidence threshold")
     ] = None,
+    flip: Annotated[
+        bool,
+        typer.Option("--flip", help="flip test: a second pass on the mirrored image (DEKR; 2x inference)"),
+    ] = False,
 ) -> None:
     """Run BUNDLE on SOURCE: write annotated images (or video) and one COCO-style predictions.json."""
     from edgepose.predict import run_predict
 
-    overrides = {"conf": conf} if conf is not None else {}
+    overrides: dict[str, Any] = {"conf": conf} if conf is not None else {}
+    if flip:
+        overrides["flip"] = True
     summary = run_predict(
         bundle,
         source,
@@ -303,6 +309,10 @@ def evaluate(
     ] = "accuracy",
     runtime: Annotated[str | None, typer.Option(help="override the bundle's runtime")] = None,
     device: Annotated[str | None, typer.Option(help="runtime device")] = None,
+    flip: Annotated[
+        bool,
+        typer.Option("--flip", help="flip test: a second pass on the mirrored image (DEKR; 2x inference)"),
+    ] = False,
 ) -> None:
     """OKS AP (pycocotools) of BUNDLE on COCO keypoint data, or of an existing --results file."""
     from edgepose.errors import UsageError
@@ -315,7 +325,14 @@ def evaluate(
         from edgepose.evaluation import run_bundle_eval
 
         figures = run_bundle_eval(
-            bundle, annotations, images, preset=preset, runtime=runtime, device=device, progress=True
+            bundle,
+            annotations,
+            images,
+            preset=preset,
+            runtime=runtime,
+            device=device,
+            progress=True,
+            overrides={"flip": True} if flip else None,
         )
         title = str(bundle)
     else:

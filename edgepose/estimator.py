@@ -71,6 +71,7 @@ class PoseEstimator:
         self.input_size = self.bundle.input_size
         self._input_name = self.bundle.input_name
         self._pad_value = self.bundle.pad_value
+        self._flip_index = self.skeleton.flip_index()
         w, h = self.input_size
         self._tensor = np.empty((1, 3, h, w), np.float32)
         if warmup:
@@ -92,7 +93,20 @@ class PoseEstimator:
         return tensor, meta
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        return self.runtime.infer({self._input_name: tensor})
+        return self.infer_on(self.runtime, tensor)
+
+    def infer_on(self, runtime: Runtime, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        """The raw outputs for ``tensor`` from ``runtime`` (the demo's extra streams pass their own).
+
+        With the decoder's flip test on this is two forward passes, merged into one set of outputs.
+        """
+        outputs = runtime.infer({self._input_name: tensor})
+        if not self.decoder.flip:
+            return outputs
+        # Copied first: a runtime may hand out the same output buffers on its next call.
+        outputs = {name: np.array(value, copy=True) for name, value in outputs.items()}
+        flipped = runtime.infer({self._input_name: self.decoder.flip_input(tensor)})
+        return self.decoder.merge_flip(outputs, flipped, self._flip_index)
 
     def postprocess(self, outputs: dict[str, np.ndarray], meta: LetterboxMeta) -> Poses:
         return self.decoder(outputs, meta)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -213,8 +214,10 @@ def run_bundle_eval(
     runtime: str | None = None,
     device: str | None = None,
     progress: bool = False,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict:
-    """OKS AP of a bundle (what ``edgepose eval`` and the quantization gate run).
+    """OKS AP of a bundle (what ``edgepose eval`` and the quantization gate run); ``overrides`` are
+    decoder parameters on top of the preset (``{"flip": True}``: flip test).
 
     The annotations are checked against the bundle's skeleton before any inference runs.
     """
@@ -224,7 +227,7 @@ def run_bundle_eval(
     b = load_bundle(bundle)
     skeleton = b.skeleton
     data = load_keypoint_annotations(annotations, num_keypoints=skeleton.num_keypoints)
-    with PoseEstimator(b, preset=preset, runtime=runtime, device=device) as est:
+    with PoseEstimator(b, preset=preset, runtime=runtime, device=device, **dict(overrides or {})) as est:
         metrics = evaluate(est, data, images_dir, skeleton.sigmas_array, progress=progress)
     return {
         "metrics": metrics,
@@ -234,6 +237,7 @@ def run_bundle_eval(
         "precision": b.precision,
         "runtime": runtime or b.runtime,
         "preset": preset,
+        "decoder_overrides": dict(overrides or {}),
         "annotations": str(annotations),
         "images": len(data["images"]),
         "data_info": data.get("info", {}),

@@ -9,7 +9,10 @@ Every family has a decoder module ``edgepose.decoders.<family>`` with the same s
 - ``describe_outputs(head) -> {name: meaning}`` for the manifest;
 - ``decoded_difference(reference, candidate, head, params) -> {"decoded_max_px", ...}`` for parity;
 - optionally ``rescore_inputs(outputs, meta, params, head) -> (xy, joint_scores)``: a family that has
-  it takes a rescoring net (``head.rescore_file``; ``edgepose fit-rescore`` fits one to these inputs).
+  it takes a rescoring net (``head.rescore_file``; ``edgepose fit-rescore`` fits one to these inputs);
+- optionally flip test: ``Params.flip``, ``flip_input(tensor, head)`` (the second pass's input) and
+  ``merge_flip(outputs, flipped_outputs, head, flip_index)`` (both passes -> one set of raw outputs,
+  which ``decode`` reads as usual). ``PoseEstimator.infer`` runs the second pass.
 
 Nothing here imports torch or a runtime: a device running a bundle only needs numpy and numba.
 """
@@ -62,6 +65,17 @@ class Decoder:
     def __call__(self, outputs: Outputs, meta: LetterboxMeta) -> Poses:
         return self._module.decode(outputs, meta, self.params, self.head)
 
+    @property
+    def flip(self) -> bool:
+        """Whether each frame needs the flip test's second forward pass."""
+        return bool(getattr(self.params, "flip", False))
+
+    def flip_input(self, tensor: np.ndarray) -> np.ndarray:
+        return self._module.flip_input(tensor, self.head)
+
+    def merge_flip(self, outputs: Outputs, flipped: Outputs, flip_index: np.ndarray) -> dict[str, np.ndarray]:
+        return self._module.merge_flip(outputs, flipped, self.head, flip_index)
+
     def warmup(self) -> None:
         """Compile (or load from numba's cache) every kernel now, so the first frame is not a JIT compile."""
         self._module.warmup(self.head)
@@ -113,6 +127,8 @@ def make_decoder(
     params = mod.Params.from_dict(presets[preset])
     if overrides:
         overrides = dict(overrides)
+        if overrides.get("flip") and not hasattr(mod, "merge_flip"):
+            raise UsageError(f"the {family} family has no flip test; run it without --flip")
         if "conf" in overrides and getattr(mod, "CONF_PARAM", "conf") != "conf":
             # ``conf`` is the CLI's family-neutral name for the main detection threshold.
             overrides[mod.CONF_PARAM] = overrides.pop("conf")

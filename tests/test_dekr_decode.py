@@ -194,3 +194,98 @@ def test_decoder_protocol_and_presets():
         DekrParams(center_threshold=-0.1)
     with pytest.raises(BundleError, match="num_keypoints"):
         DekrHead.from_dict({"stride": 4})
+
+
+# --- flip test ---------------------------------------------------------------------------------------------
+
+COCO_FLIP = np.array([0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15])
+
+
+def _official_flip_average(out, out_f, flip):
+    """``get_multi_stage_outputs(with_flip=True)`` of lib/core/inference.py, written out in numpy:
+    heatmaps averaged with the flipped pass's channels swapped (centre kept), ``offset_to_pose`` posemaps
+    (pixel - offset; the flipped one's joints swapped and x mirrored as ``w - x - 1``) averaged after
+    mirroring the flipped posemap back. -> (heatmap, posemap (K, 2, H, W) in output pixels)."""
+    heat, off = out["heatmap"][0], out["offset"][0]
+    heat_f, off_f = out_f["heatmap"][0], out_f["offset"][0]
+    k, h, w = off.shape[0] // 2, off.shape[1], off.shape[2]
+    loc = np.stack(np.meshgrid(np.arange(w), np.arange(h)))  # (2, H, W): x, y
+    pose = loc[None] - off.reshape(k, 2, h, w)
+    pose_f = (loc[None] - off_f.reshape(k, 2, h, w))[flip]
+    pose_f[:, 0] = w - pose_f[:, 0] - 1
+    heat_avg = (heat + heat_f[:, :, ::-1][np.append(flip, k)]) / 2
+    return heat_avg, (pose + pose_f[..., ::-1]) / 2
+
+
+def test_flip_merge_equals_the_official_posemap_average():
+    rng = np.random.default_rng(5)
+    h, w = 12, 20
+    out, out_f = (
+        {
+            "heatmap": rng.random((1, 18, h, w), np.float32),
+            "offset": rng.normal(0, 5, (1, 34, h, w)).astype(np.float32),
+        }
+        for _ in range(2)
+    )
+    merged = dekr.merge_flip(out, out_f, HEAD, COCO_FLIP)
+    heat_avg, posemap = _official_flip_average(out, out_f, COCO_FLIP)
+    np.testing.assert_allclose(merged["heatmap"][0], heat_avg, rtol=1e-6, atol=1e-6)
+    loc = np.stack(np.meshgrid(np.arange(w), np.arange(h)))
+    np.testing.assert_allclose(loc[None] - merged["offset"][0].reshape(17, 2, h, w), posemap, atol=1e-4)
+    with pytest.raises(BundleError, match="flip index of 17"):
+        dekr.merge_flip(out, out_f, HEAD, COCO_FLIP[:5])
+
+
+def test_flip_input_is_mirrored_and_shifted_as_official():
+    x = np.random.default_rng(0).random((1, 3, 8, 16), np.float32)
+    want = x[..., ::-1].copy()
+    want[..., :-3] = want[..., 3:].copy()  # image[:, :, :, :-3] = image[:, :, :, 3:]
+    got = dekr.flip_input(x, HEAD)
+    np.testing.assert_array_equal(got, want)
+    assert got.flags.c_contiguous
+
+
+def _mirrored_pass(outputs, flip, shift_px=0.0):
+    """The raw outputs a mirror-consistent model gives for ``flip_input(image)``: each person's centre at
+    the mirrored output pixel ``w - 1 - x``, its joints mirrored in input pixels (``x' = W - stride - x``,
+    what mirroring and the stride - 1 shift do) with left and right swapped; ``shift_px`` moves every
+    mirrored joint right by that many input pixels (a model that disagrees with itself)."""
+    heat, off = outputs["heatmap"][0], outputs["offset"][0]
+    k, w = off.shape[0] // 2, heat.shape[2]
+    heat_f = heat[np.append(flip, k)][:, :, ::-1].copy()
+    off_f = np.zeros_like(off)
+    for y, x in zip(*np.nonzero(heat[k])):
+        xs = x - off[0::2, y, x]  # joints in output pixels
+        ys = y - off[1::2, y, x]
+        xm = (4 * w - 4 - 4 * xs[flip] + shift_px) / 4  # mirrored, swapped joints, output pixels
+        off_f[0::2, y, w - 1 - x] = (w - 1 - x) - xm
+        off_f[1::2, y, w - 1 - x] = y - ys[flip]
+    return {"heatmap": heat_f[None], "offset": off_f[None]}
+
+
+def test_flip_test_of_a_mirror_consistent_model_finds_the_same_people():
+    outputs, truth = _two_people()
+    outputs["heatmap"][0, 17, 13, 8] = 0.0  # no duplicate C: moved joints read less heat and C would win NMS
+    meta = LetterboxMeta(1.0, (0.0, 0.0), (128, 128), (128, 128))
+    params = PRESETS["accuracy"]
+    plain = decode(outputs, meta, params, HEAD)
+    np.testing.assert_allclose(plain.keypoints[:, :, :2], np.stack([truth["A"][0], truth["B"][0]]), atol=1e-4)
+    merged = dekr.merge_flip(outputs, _mirrored_pass(outputs, COCO_FLIP), HEAD, COCO_FLIP)
+    flipped = decode(merged, meta, params, HEAD)
+    _assert_same(flipped, plain)
+    # A mirrored pass that puts every joint 2 input px further right (in the mirrored image, so 2 px left
+    # in this one) moves each decoded joint 1 px left: the two passes are averaged.
+    merged = dekr.merge_flip(outputs, _mirrored_pass(outputs, COCO_FLIP, shift_px=2.0), HEAD, COCO_FLIP)
+    moved = decode(merged, meta, params.replace(clip=False), HEAD)
+    np.testing.assert_allclose(moved.keypoints[:, :, 0], plain.keypoints[:, :, 0] - 1.0, atol=1e-4)
+    np.testing.assert_allclose(moved.keypoints[:, :, 1], plain.keypoints[:, :, 1], atol=1e-4)
+
+
+def test_flip_is_a_dekr_option_only():
+    assert PRESETS["accuracy"].flip is False and PRESETS["realtime"].flip is False
+    dec = make_decoder(decoder_config("dekr", HEAD.to_dict()), "accuracy", {"flip": True})
+    assert dec.flip and dec.params.flip
+    sahr_cfg = decoder_config("sahr", {"num_keypoints": 17})
+    with pytest.raises(UsageError, match="sahr family has no flip test"):
+        make_decoder(sahr_cfg, "accuracy", {"flip": True})
+    assert not make_decoder(sahr_cfg, "accuracy").flip

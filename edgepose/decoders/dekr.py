@@ -3,7 +3,7 @@
 The graph ends at ``heatmap`` (1, K + 1, H, W: K keypoints, the person centre last; raw, no sigmoid)
 and ``offset`` (1, 2K, H, W: per keypoint the x, y of ``centre - keypoint`` in output pixels), both at
 stride 4. The decode follows ``lib/core/inference.py`` and ``lib/core/nms.py`` of github.com/HRNet/DEKR
-(``TEST.SCALE_FACTOR [1]``, no flip, ``MATCH_HMP`` off):
+(``TEST.SCALE_FACTOR [1]``, no flip by default, ``MATCH_HMP`` off):
 
 1. centre candidates: local maxima of the centre heatmap (max-pool window 3, 5 or 7 as the map's mean
    side exceeds ``pool_threshold2``/``pool_threshold1``), the ``max_people`` highest (top-k), those above
@@ -22,7 +22,13 @@ stride 4. The decode follows ``lib/core/inference.py`` and ``lib/core/nms.py`` o
 Poses come out in the official keep order, mapped to original pixels through the letterbox, keypoints
 clipped to the image (``clip``). Keypoint scores are the per-joint heat (the official results write
 ``centre heat x joint heat``; COCO AP does not read keypoint scores). Boxes are the keypoint extent;
-``fused`` is all False. Flip test is not offered: it needs a second forward pass per frame.
+``fused`` is all False.
+
+Flip test (``flip``, off in both presets: it doubles the inference per frame) is the official
+``get_multi_stage_outputs(with_flip=True)``: a second pass on the mirrored input shifted left by
+``stride - 1`` pixels (so that output pixels of both passes sit on the same input pixels), mirrored back;
+heatmaps averaged with left and right swapped, and the two passes' poses averaged. ``merge_flip`` folds
+that into one (heatmap, offset) pair, so the decode above runs unchanged.
 
 ``dekr_reference.decode_reference`` is the same decode in vectorised numpy, the tests' oracle.
 """
@@ -97,6 +103,7 @@ class DekrParams:
     center_threshold: TEST.KEYPOINT_THRESHOLD (on the centre heat). max_people: DATASET.MAX_NUM_PEOPLE.
     nms_threshold/nms_num_threshold: TEST.NMS_THRE/NMS_NUM_THRE. pool_threshold1/2: TEST.POOL_THRESHOLD1/2.
     rescore: apply the rescoring net when the head has one. clip: clip keypoints to the image.
+    flip: TEST.FLIP_TEST, a second forward pass on the mirrored input (see the module docstring).
     """
 
     center_threshold: float = 0.01
@@ -107,6 +114,7 @@ class DekrParams:
     pool_threshold2: float = 200.0
     rescore: bool = True
     clip: bool = True
+    flip: bool = False
 
     def __post_init__(self) -> None:
         thr = float(self.center_threshold)
@@ -124,6 +132,7 @@ class DekrParams:
         object.__setattr__(self, "pool_threshold2", float(self.pool_threshold2))
         object.__setattr__(self, "rescore", bool(self.rescore))
         object.__setattr__(self, "clip", bool(self.clip))
+        object.__setattr__(self, "flip", bool(self.flip))
 
     def pool_radius(self, height: int, width: int) -> int:
         """Half the centre max-pool window: 3 (7x7), 2 (5x5) or 1 (3x3) by the map's mean side."""
@@ -148,7 +157,8 @@ class DekrParams:
 
 
 PRESETS: dict[str, DekrParams] = {
-    # The official COCO test settings of the W32/W48 experiment files (single scale, no flip).
+    # The official COCO test settings of the W32/W48 experiment files, single scale, but flip test off
+    # (theirs is on): it doubles the inference, and the issue's default is without it.
     "accuracy": DekrParams(),
     # A camera: only confident centres (0.1 rather than 0.01), no rescoring (it reorders, it does not move
     # points); same NMS.
@@ -373,6 +383,39 @@ def rescore_inputs(
     """(N, K, 2) keypoints and (N, K) per-joint scores the rescoring net reads, for ``fit-rescore``."""
     found = candidates(outputs, meta, params, head)
     return found.xy, found.keypoint_scores
+
+
+def flip_input(tensor: np.ndarray, head: DekrHead) -> np.ndarray:
+    """The flip test's second input: ``tensor`` (N, 3, H, W) mirrored, then shifted ``stride - 1`` pixels
+    left (the last columns keep their values), as the official test prepares it."""
+    flipped = np.ascontiguousarray(tensor[..., ::-1])
+    shift = head.stride - 1
+    if shift:
+        flipped[..., :-shift] = flipped[..., shift:].copy()
+    return flipped
+
+
+def merge_flip(
+    outputs: Outputs, flipped: Outputs, head: DekrHead, flip_index: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Raw outputs of the input and of ``flip_input(input)`` -> one raw output pair, as the official
+    flip test combines them: heatmaps averaged (keypoints swapped by ``flip_index``, the centre kept),
+    poses averaged. With both poses at ``pixel - offset``, the averaged pose is ``pixel`` minus
+    ``((dx - dx'), (dy + dy')) / 2`` of the mirrored-back, swapped offsets ``dx', dy'``. Works batched."""
+    names = head.output_names
+    k = head.num_keypoints
+    index = np.asarray(flip_index, np.int64)
+    if index.shape != (k,):
+        raise BundleError(f"flip test needs a flip index of {k} keypoints, got shape {index.shape}")
+    heat, off = (np.asarray(outputs[n], np.float32) for n in names)
+    heat_f, off_f = (np.asarray(flipped[n], np.float32)[..., ::-1] for n in names)
+    heat_f = heat_f.take(np.append(index, k), axis=-3)
+    pairs = np.stack([2 * index, 2 * index + 1], axis=1).reshape(-1)
+    off_f = off_f.take(pairs, axis=-3)
+    merged_off = np.empty(np.broadcast_shapes(off.shape, off_f.shape), np.float32)
+    merged_off[..., 0::2, :, :] = (off[..., 0::2, :, :] - off_f[..., 0::2, :, :]) * np.float32(0.5)
+    merged_off[..., 1::2, :, :] = (off[..., 1::2, :, :] + off_f[..., 1::2, :, :]) * np.float32(0.5)
+    return {names[0]: (heat + heat_f) * np.float32(0.5), names[1]: merged_off}
 
 
 def warmup(head: DekrHead) -> None:

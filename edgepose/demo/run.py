@@ -97,7 +97,7 @@ class InferStreams:
                     continue
                 rt = open_runtime(bundle, own.name, own.device, **own.options)
                 self.runtimes.append(rt)
-                self.calls.append(self._call(rt, bundle.input_name))
+                self.calls.append(self._call(estimator, rt))
                 w, h = bundle.input_size
                 self.calls[-1](np.zeros((1, 3, h, w), np.float32))
         except BaseException:
@@ -105,8 +105,8 @@ class InferStreams:
             raise
 
     @staticmethod
-    def _call(rt: Any, input_name: str) -> InferFn:
-        return lambda tensor: rt.infer({input_name: tensor})
+    def _call(estimator: Any, rt: Any) -> InferFn:
+        return lambda tensor: estimator.infer_on(rt, tensor)
 
     def close(self) -> None:
         for rt in self.runtimes:
