@@ -1,7 +1,8 @@
 """ONNX Runtime backend: the CPU default, and CUDA/TensorRT execution providers with onnxruntime-gpu.
 
 Devices: ``cpu`` (default), ``cuda`` and ``tensorrt`` (need the ``onnxruntime-gpu`` package instead of
-``onnxruntime``). Options: ``threads`` (intra-op threads, 0 = ORT's choice), ``optimization``
+``onnxruntime``). Options: ``threads`` (intra-op threads on the CPU; default ``$EDGEPOSE_THREADS``, else
+ORT's choice), ``optimization``
 (``disable|basic|extended|all``, default ``all``), ``inter_threads``.
 """
 
@@ -11,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
-from edgepose.runtimes.base import Runtime, TensorSpec
+from edgepose.runtimes.base import Runtime, TensorSpec, cpu_threads
 
 from edgepose.errors import BundleError, RuntimeUnavailable, UsageError
 
@@ -71,7 +72,7 @@ class OnnxRuntime(Runtime):
         if opt not in _OPT_LEVELS:
             raise UsageError(f"unknown graph optimisation level '{opt}'; use one of {', '.join(_OPT_LEVELS)}")
         so.graph_optimization_level = _OPT_LEVELS[opt]
-        so.intra_op_num_threads = int(self.options.get("threads", 0) or 0)
+        so.intra_op_num_threads = cpu_threads(self.options) if device == "cpu" else 0
         so.inter_op_num_threads = int(self.options.get("inter_threads", 0) or 0)
         so.log_severity_level = 3
         if not self.model_path.is_file():
@@ -107,4 +108,6 @@ class OnnxRuntime(Runtime):
     def describe(self) -> dict:
         d = super().describe()
         d["providers"] = self.providers() if not self._closed else []
+        if not self._closed:  # intra-op threads: 0 is ORT's own choice, one per core
+            d["threads"] = self._session.get_session_options().intra_op_num_threads
         return d

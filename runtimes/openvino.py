@@ -12,7 +12,8 @@ what the compiled model really uses, for manifests and ``edgepose doctor``.
 
 Options: ``precision`` (``fp32|fp16|int8``: the bundle's, default fp32), ``float_precision`` (INT8 bundles
 on a CPU: ``auto`` or ``f32``), ``hint`` (``latency`` default, or
-``throughput``), ``streams`` (int or ``auto``), ``threads`` (CPU inference threads), ``cpu_pinning`` (bool;
+``throughput``), ``streams`` (int or ``auto``), ``threads`` (CPU inference threads; default
+``$EDGEPOSE_THREADS``, else OpenVINO's choice), ``cpu_pinning`` (bool;
 OpenVINO pins its threads to cores by default, which on a shared or virtual machine made KAPAO-n 1.5x
 slower here), ``cache_dir`` (compiled model cache: the second start skips compilation). ``async_queue``
 keeps several requests in flight.
@@ -26,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import openvino as ov
-from edgepose.runtimes.base import OutputsCallback, Runtime, TensorSpec
+from edgepose.runtimes.base import OutputsCallback, Runtime, TensorSpec, cpu_threads
 
 from edgepose.errors import BundleError, RuntimeUnavailable, UsageError
 
@@ -165,8 +166,9 @@ class OpenVinoRuntime(Runtime):
                 wanted["NUM_STREAMS"] = int(streams)
             else:
                 raise UsageError(f"streams must be a whole number or 'auto', not {streams!r}")
-        if self.options.get("threads"):
-            wanted["INFERENCE_NUM_THREADS"] = int(self.options["threads"])
+        threads = cpu_threads(self.options) if _kind(self.device) == "CPU" else self.options.get("threads")
+        if threads:
+            wanted["INFERENCE_NUM_THREADS"] = int(threads)
         if self.options.get("cpu_pinning") is not None:
             wanted["ENABLE_CPU_PINNING"] = bool(self.options["cpu_pinning"])
         hints: dict[str, str | None] = {}
@@ -242,6 +244,8 @@ class OpenVinoRuntime(Runtime):
         if not self._closed:
             try:
                 d["execution_devices"] = [str(x) for x in self._compiled.get_property("EXECUTION_DEVICES")]
+                if _kind(self.device) == "CPU":
+                    d["threads"] = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
             except RuntimeError:
                 pass
         return d

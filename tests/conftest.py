@@ -3,7 +3,15 @@ so test files that do not need it still collect on a machine without torch."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Parallel workers share the cores: one inference thread each (runtimes read EDGEPOSE_THREADS, and
+    # so do the CLI subprocesses tests start). On 2 cores, two workers running dekr-n at one thread each
+    # did 1.5x the images per second of two at the runtimes' default of one thread per core.
+    os.environ.setdefault("EDGEPOSE_THREADS", "1")
 
 
 @pytest.fixture(scope="module")

@@ -162,11 +162,15 @@ def test_devices_that_do_not_exist_are_named_with_the_alternatives(tiny):
         )
 
 
-def test_options_are_applied_and_bad_ones_refused(tiny, tmp_path):
+def test_options_are_applied_and_bad_ones_refused(tiny, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     with create_runtime("openvino", tiny[0], threads=1, cpu_pinning=False) as rt:
         assert rt._compiled.get_property("INFERENCE_NUM_THREADS") == 1
         assert rt._compiled.get_property("ENABLE_CPU_PINNING") is False
+    monkeypatch.setenv("EDGEPOSE_THREADS", "1")  # the default of every CPU runtime in this process
+    with create_runtime("openvino", tiny[0]) as rt:
+        assert rt._compiled.get_property("INFERENCE_NUM_THREADS") == 1 and rt.describe()["threads"] == 1
+    monkeypatch.delenv("EDGEPOSE_THREADS")
     with create_runtime("openvino", tiny[0], hint="throughput", streams=2, cache_dir=cache) as rt:
         assert rt._compiled.get_property("NUM_STREAMS") == 2
         assert rt.describe()["hint"] == "throughput"

@@ -83,6 +83,22 @@ def test_onnxruntime_options(tiny):
         create_runtime("onnxruntime", tiny[0], device="tpu")
 
 
+def test_cpu_threads_come_from_the_option_then_the_environment(tiny, monkeypatch):
+    from edgepose.runtimes.base import THREADS_ENV, cpu_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert cpu_threads({}) == 0 and cpu_threads({"threads": 3}) == 3
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert cpu_threads({}) == 2 and cpu_threads({"threads": 0}) == 2 and cpu_threads({"threads": 1}) == 1
+    with create_runtime("onnxruntime", tiny[0]) as rt:
+        assert rt._session.get_session_options().intra_op_num_threads == 2 and rt.describe()["threads"] == 2
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(UsageError, match="EDGEPOSE_THREADS must be a whole number"):
+        create_runtime("onnxruntime", tiny[0])
+    with pytest.raises(UsageError, match="threads option must be a whole number"):
+        cpu_threads({"threads": -2})
+
+
 def test_missing_gpu_provider_names_the_package(tiny):
     import onnxruntime as ort
 

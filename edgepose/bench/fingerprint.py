@@ -83,6 +83,8 @@ def fingerprint(estimator: Any, load_start: float | None, load_end: float | None
         "runtime_version": runtime.version(),
         "device": str(runtime.device or "cpu"),
         "device_name": _device_name(runtime),
+        # CPU inference threads (the threads option or $EDGEPOSE_THREADS; 0: the runtime's own choice)
+        "threads": runtime.describe().get("threads"),
         "model": bundle.model_name,
         "precision": bundle.precision,
         "input_size": f"{w}x{h}",
