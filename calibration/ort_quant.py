@@ -104,6 +104,9 @@ class QuantizedOnnx:
     config: OrtQuantConfig
     excluded: list[str] = field(default_factory=list)
     float_tail: list[str] = field(default_factory=list)
+    #: how ``excluded`` were kept in float: ``nodes_to_exclude`` of ``quantize_static``, or graph surgery on
+    #: the same configuration's build without them (``sensitivity.dequantize_layers``; the same model)
+    excluded_by: str = "nodes_to_exclude"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -111,6 +114,7 @@ class QuantizedOnnx:
             **self.config.to_dict(),
             "float_tail": self.float_tail,
             "excluded_layers": self.excluded,
+            **({"excluded_by": self.excluded_by} if self.excluded else {}),
         }
 
 

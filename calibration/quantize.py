@@ -77,6 +77,9 @@ class Int8Request:
         default_factory=dict, repr=False
     )
     _prepared: dict[bool, onnx.ModelProto] = field(default_factory=dict, repr=False)
+    #: each Q/DQ configuration's build with nothing excluded (on this request's calibration tensors):
+    #: later rounds float layers in it by surgery
+    _whole: dict[OrtQuantConfig, Path] = field(default_factory=dict, repr=False)
 
     def float_tail(self) -> list[str]:
         """The FP32 graph's float tail, read once however many gate rounds quantize it."""
@@ -89,11 +92,25 @@ class Int8Request:
     ) -> QuantizedOnnx:
         """``quantize_onnx`` of the FP32 model. Its prepared graph, and the activation ranges of the
         methods edgepose estimates itself, are made once: they do not depend on which layers a gate round
-        keeps in float."""
+        keeps in float.
+
+        A Q/DQ build with ``exclude`` after one of the same configuration without it is that build with
+        the layers floated by graph surgery (``dequantize_layers``), which gives what quantizing with them
+        in ``nodes_to_exclude`` gives (``tests/test_sensitivity.py``) without re-running the quantizer
+        (~5 s a round for kapao-t here, longer for larger models)."""
         form = config.subpixel_deconv
         if form not in self._prepared:
             self._prepared[form] = prepare_for_quantization(self.fp32_onnx, form)
         prepared = self._prepared[form]
+        whole = self._whole.get(config)
+        if exclude and whole is not None and whole.is_file() and config.format == "qdq":
+            from edgepose.calibration.sensitivity import dequantize_layers, quantized_layers
+
+            model = onnx.load(str(whole))
+            if set(exclude) <= set(quantized_layers(model)):  # other nodes: the quantizer below
+                onnx.save(dequantize_layers(model, prepared, exclude), str(output))
+                tail = float_tail(prepared)
+                return QuantizedOnnx(Path(output), config, list(exclude), tail, "graph surgery")
         ranges = None
         if config.method in RANGE_ESTIMATORS:
             key = (form, config.method, config.activations)
@@ -103,9 +120,12 @@ class Int8Request:
                     prepared, self.input_name, tensors, activations=config.activations
                 )
             ranges = self._ranges[key]
-        return quantize_onnx(
+        built = quantize_onnx(
             self.fp32_onnx, output, self.input_name, tensors, config, exclude, ranges, prepared
         )
+        if not exclude:
+            self._whole[config] = Path(output)
+        return built
 
     def calibration_method_applies(self) -> bool:
         """Whether the calibration method matters: the Q/DQ paths do; NNCF keeps its own estimator."""
