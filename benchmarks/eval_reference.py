@@ -9,6 +9,7 @@ so the two figures differ only by the export. This is what the model cards and R
 
 A DEKR or KAPAO model's shipped weights bring the rescoring net fitted to them (``edgepose fit-rescore``), as
 ``edgepose export`` does; ``--rescore FILE`` names another (for ``--weights``), ``--no-rescore`` drops it.
+``--flip`` evaluates with the flip test (DEKR: a second pass on the mirrored image), both ways.
 """
 
 from __future__ import annotations
@@ -22,22 +23,32 @@ from pathlib import Path
 import numpy as np
 
 
-def torch_ap(model, data_dir: Path, size: tuple[int, int], decoder_cfg: dict, sigmas: np.ndarray) -> dict:
-    """AP of the torch model through the bundle's own decoder (accuracy preset)."""
+def torch_ap(
+    model, data_dir: Path, size: tuple[int, int], decoder_cfg: dict, sigmas: np.ndarray, flip_index=None
+) -> dict:
+    """AP of the torch model through the bundle's own decoder (accuracy preset; flip test with a
+    ``flip_index``, as ``PoseEstimator.infer`` runs it)."""
     import torch
 
     from edgepose.evaluation import evaluate
     from edgepose.families import make_decoder
     from edgepose.preprocess import preprocess
 
-    decoder = make_decoder(decoder_cfg, "accuracy")
+    flip = flip_index is not None
+    decoder = make_decoder(decoder_cfg, "accuracy", {"flip": True} if flip else None)
     names = decoder.head.output_names
+
+    def forward(tensor: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            out = model(torch.from_numpy(tensor))
+        return {n: t.numpy() for n, t in zip(names, out)}
 
     def predict(img: np.ndarray):
         tensor, meta = preprocess(img, size)
-        with torch.no_grad():
-            out = model(torch.from_numpy(tensor))
-        return decoder({n: t.numpy() for n, t in zip(names, out)}, meta)
+        outputs = forward(tensor)
+        if flip:
+            outputs = decoder.merge_flip(outputs, forward(decoder.flip_input(tensor)), flip_index)
+        return decoder(outputs, meta)
 
     return evaluate(predict, data_dir / "annotations.json", data_dir / "images", sigmas)
 
@@ -54,6 +65,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=250)
     ap.add_argument("--rescore", type=Path, help="rescoring net to ship (default: the zoo's, if any)")
     ap.add_argument("--no-rescore", action="store_true", help="evaluate without a rescoring net")
+    ap.add_argument("--flip", action="store_true", help="flip test (DEKR): a second, mirrored pass")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the torch evaluation")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -83,7 +95,8 @@ def main() -> None:
         export_model(opts, log=lambda m: None)
         bundle = load_bundle(bundle_dir)
         t0 = time.perf_counter()
-        onnx_fig = run_bundle_eval(bundle_dir, data / "annotations.json", data / "images")
+        flip = {"flip": True} if args.flip else None
+        onnx_fig = run_bundle_eval(bundle_dir, data / "annotations.json", data / "images", overrides=flip)
         t1 = time.perf_counter()
         model, _ = load_checkpoint(weights, arch=args.model)
         if hasattr(model, "use_export_layout"):  # the raw output layout the bundle's decoder reads
@@ -94,12 +107,14 @@ def main() -> None:
             bundle.input_size,
             bundle.decoder_config,
             bundle.skeleton.sigmas_array,
+            bundle.skeleton.flip_index() if args.flip else None,
         )
         info = json.loads((data / "annotations.json").read_text())["info"]
     result = {
         "model": args.model,
         "weights": str(weights),
         "rescore": str(rescore) if rescore else None,
+        "flip": args.flip,
         "imgsz": "x".join(map(str, bundle.input_size)),
         "data": {
             "profile": info.get("profile"),
@@ -114,7 +129,8 @@ def main() -> None:
     }
     source = f"stream {args.seed}, never used in training" if args.data is None else f"from {args.data}"
     images = f"{result['data']['images']} {info.get('profile')} images"
-    print(f"{args.model} at {result['imgsz']} on {images} ({source})")
+    flip = ", flip test" if args.flip else ""
+    print(f"{args.model} at {result['imgsz']}{flip} on {images} ({source})")
     print(f"{'':12s}" + "".join(f"{k:>8s}" for k in torch_fig))
     print(f"{'onnxruntime':12s}" + "".join(f"{v:8.4f}" for v in onnx_fig["metrics"].values()))
     print(f"{'torch':12s}" + "".join(f"{v:8.4f}" for v in torch_fig.values()))

@@ -184,7 +184,9 @@ def predict(
     ] = None,
     flip: Annotated[
         bool,
-        typer.Option("--flip", help="flip test: a second pass on the mirrored image (DEKR; 2x inference)"),
+        typer.Option(
+            "--flip", help="flip test: a second pass on the mirrored image (DEKR, KAPAO; 2x inference)"
+        ),
     ] = False,
 ) -> None:
     """Run BUNDLE on SOURCE: write annotated images (or video) and one COCO-style predictions.json."""
@@ -311,7 +313,9 @@ def evaluate(
     device: Annotated[str | None, typer.Option(help="runtime device")] = None,
     flip: Annotated[
         bool,
-        typer.Option("--flip", help="flip test: a second pass on the mirrored image (DEKR; 2x inference)"),
+        typer.Option(
+            "--flip", help="flip test: a second pass on the mirrored image (DEKR, KAPAO; 2x inference)"
+        ),
     ] = False,
 ) -> None:
     """OKS AP (pycocotools) of BUNDLE on COCO keypoint data, or of an existing --results file."""

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edgepose.decoders.kapao import PRESETS, KapaoHead, KapaoParams, decode, decode_grid, warmup
+from edgepose.decoders.kapao import PRESETS, KapaoHead, KapaoParams, decode, decode_grid, merge_flip, warmup
 from edgepose.decoders.kapao_reference import decode_reference, nms_reference
 from edgepose.decoders.nms import batched_nms
 from edgepose.errors import BundleError, UsageError
@@ -441,3 +441,62 @@ def test_decode_grid_matches_torch_detect_formula():
         want = torch.cat(z, 1)[0].numpy()
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------- flip test
+
+COCO_FLIP = np.array([0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15])
+CROWDPOSE_FLIP = np.array([1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 12, 13])
+
+
+@pytest.mark.parametrize("k", [17, 14])
+@pytest.mark.parametrize("preset", ["accuracy", "realtime"])
+def test_flip_test_numba_matches_reference_on_random_tensors(preset, k):
+    head = make_head(k)
+    flip = COCO_FLIP if k == 17 else CROWDPOSE_FLIP
+    merged = merge_flip(random_levels(6, head), random_levels(7, head), head, flip)
+    poses = both(merged, PRESETS[preset].replace(flip=True), head, META_RECT)
+    plain = decode(random_levels(6, head), META_RECT, PRESETS[preset], head)
+    assert len(poses) > 0 and poses.fused.any()
+    assert len(poses) != len(plain) or not np.allclose(poses.boxes, plain.boxes)  # the second pass counts
+
+
+def test_flip_test_mirrors_the_second_pass_back():
+    """A person and a keypoint object found only in the mirrored pass come back mirrored (x -> W - x),
+    with left and right swapped, and the object fuses into the person's matching keypoint."""
+    head = make_head()
+    plain, mirrored = blank(head), blank(head)
+    score = put(mirrored, head, 0, 1, 20, 10, 0, 4.0)  # box centre (84, 164), 44 x 40; keypoints at (80, 160)
+    kp = mirrored[0][0, 1, 20, 10, 5 + head.nc :]
+    kp[2 * 2] = 30.0  # the mirrored image's right eye (2): x + 88
+    kp[2 * 5 + 1] = -30.0  # its left shoulder (5): y - 80
+    # a keypoint object of type 4 (right ear in the mirrored image) centred at (84, 164), confident
+    obj_score = put(mirrored, head, 0, 0, 20, 10, 1 + 4, 6.0)
+    poses = both(merge_flip(plain, mirrored, head, COCO_FLIP), PRESETS["accuracy"].replace(flip=True), head)
+    assert len(poses) == 1
+    np.testing.assert_allclose(poses.scores, [score], atol=1e-6)
+    np.testing.assert_allclose(poses.boxes[0], [*orig(640 - 106, 144), *orig(640 - 62, 184)], atol=1e-4)
+    want = np.tile([640.0 - 80, 160.0], (17, 1))
+    want[1] = (640 - 168, 160)  # its right eye is this image's left eye (1)
+    want[6] = (640 - 80, 80)  # its left shoulder is this image's right shoulder (6)
+    want[3] = (640 - 84, 164)  # its right-ear object is this image's left ear (3), fused
+    np.testing.assert_allclose(poses.keypoints[0, :, :2], [orig(x, y) for x, y in want], atol=1e-4)
+    assert poses.fused[0].tolist() == [k == 3 for k in range(17)]
+    assert poses.keypoints[0, 3, 2] == pytest.approx(obj_score, abs=1e-6)
+
+
+def test_flip_test_of_a_mirror_consistent_model_keeps_one_person():
+    """Both passes see the same person: NMS keeps one, where it is."""
+    head = make_head()
+    plain, mirrored = blank(head), blank(head)
+    put(plain, head, 0, 1, 20, 10, 0, 4.0)  # centre x 84; keypoints at the cell corner, x 80
+    # the mirrored person: centre 640 - 84 = 556 = (0.5 + 69) * 8; keypoints at 640 - 80 = 560, 8 px right
+    # of its cell corner 552: (4 sigma(t) - 2) * 44 = 8
+    t = math.log((2 + 8 / 44) / 4 / (1 - (2 + 8 / 44) / 4))
+    put(mirrored, head, 0, 1, 20, 69, 0, 3.0, kp=0.0)
+    mirrored[0][0, 1, 20, 69, 5 + head.nc :: 2] = t
+    params = PRESETS["accuracy"].replace(flip=True)
+    poses = both(merge_flip(plain, mirrored, head, COCO_FLIP), params, head)
+    alone = decode(plain, META, PRESETS["accuracy"], head)
+    assert len(poses) == 1
+    assert_same(poses, alone)

@@ -114,6 +114,33 @@ def test_presets_change_the_decode(tiny_bundle):
         edgepose.load(tiny_bundle, preset="fastest")
 
 
+def test_flip_test_runs_a_mirrored_second_pass_through_the_runtime(tiny_bundle, tmp_path):
+    import onnxruntime as ort
+
+    from edgepose.decoders.kapao import FLIP_INDEX, FLIPPED
+    from edgepose.preprocess import read_image
+
+    bundle = load_bundle(tiny_bundle)
+    img = read_image(SAMPLES[0])
+    with edgepose.load(tiny_bundle, preset="accuracy", flip=True) as est:
+        tensor, _ = est.preprocess(img)
+        got = est.infer(tensor)
+        poses = est(img)
+    with edgepose.load(tiny_bundle, preset="accuracy") as plain_est:
+        plain = plain_est(img)
+    sess = ort.InferenceSession(str(bundle.artifact("model")), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    for prefix, x in (("", tensor), (FLIPPED, np.ascontiguousarray(tensor[..., ::-1]))):
+        for name, want in zip(names, sess.run(None, {bundle.input_name: x})):
+            np.testing.assert_allclose(got[prefix + name], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[FLIP_INDEX], bundle.skeleton.flip_index())
+    assert len(poses) > 0 and not (len(poses) == len(plain) and np.allclose(poses.boxes, plain.boxes))
+    out = tmp_path / "pred"
+    res = _cli("predict", str(tiny_bundle), str(SAMPLES[0]), "--output", str(out), "--flip")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "predictions.json").read_text())["annotations"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("imgsz,size", [("640", (640, 640)), ("640x384", (640, 384))])
 def test_kapao_s_parity_at_issue_sizes(tmp_path, imgsz, size):

@@ -18,6 +18,13 @@ Deliberate differences from the official code:
   reuses the box clipper on the flattened keypoints, which clips only columns 0-3, i.e. keypoints 0 and 1;
   ``clip_keypoints="official"`` reproduces that, to match the official evaluation.
 
+Flip test (``flip``, off in both presets: it doubles the inference per frame) is the official augmented
+inference (``forward_augment``) with flips ``[None, 3]`` at scale 1: a second pass on the mirrored input,
+whose detections are mirrored back (``x -> W - x``; keypoint-object classes and pose keypoints swapped
+left for right) and joined to the plain pass's before NMS and fusion. ``merge_flip`` hands both passes to
+``decode`` (which reads the second pass's levels after the first, as the official code concatenates them);
+the kernels mirror candidates as they decode them.
+
 Not in the official KAPAO: a head may carry a rescoring net (``rescore_file``, fitted to the model's own
 poses by ``edgepose fit-rescore``). With ``rescore`` on (the ``accuracy`` preset) each pose's score is
 multiplied by the net's predicted OKS from the decoded pose (DEKR's ``dekr_rescore`` features, per-joint
@@ -158,6 +165,7 @@ class KapaoParams:
     conf/iou: person (pose object) candidates and NMS; conf_kp/iou_kp: keypoint objects; conf_kp_person:
     only persons above it receive fused keypoints; overwrite_tol: fusion radius in original pixels.
     rescore: apply the head's rescoring net, when it has one (not official; see the module docstring).
+    flip: flip test, the official test-time augmentation at one scale (see the module docstring).
     """
 
     conf: float
@@ -172,6 +180,7 @@ class KapaoParams:
     use_kp_dets: bool = True
     clip_keypoints: str = "all"
     rescore: bool = True
+    flip: bool = False
 
     def __post_init__(self) -> None:
         for name in ("conf", "iou", "conf_kp", "iou_kp", "conf_kp_person"):
@@ -196,6 +205,7 @@ class KapaoParams:
         object.__setattr__(self, "max_wh", float(self.max_wh))
         object.__setattr__(self, "use_kp_dets", bool(self.use_kp_dets))
         object.__setattr__(self, "rescore", bool(self.rescore))
+        object.__setattr__(self, "flip", bool(self.flip))
 
     @property
     def combined_nms(self) -> bool:
@@ -325,9 +335,12 @@ def _to_original(v, pad, gain, limit, clip):
 
 
 @njit(cache=True, nogil=True)
-def _scan(levels, strides, anchors, nk, pre_logit, thr_person, thr_kp):
+def _scan(levels, strides, anchors, nk, pre_logit, thr_person, thr_kp, mirror, cls_map):
     """Candidate cells: obj > thr and obj * best-class score > thr (thr per best class). Returns compact
-    arrays: level, anchor, gy, gx (int64 (n, 4)), class, score and xyxy box in input pixels."""
+    arrays: level, anchor, gy, gx (int64 (n, 4)), class, score and xyxy box in input pixels.
+
+    A level with ``mirror[lvl] > 0`` is a pass on the mirrored input of that width: its boxes are mirrored
+    back (``x -> mirror - x``) and its classes mapped through ``cls_map`` (left and right swapped)."""
     cap = 0
     for lvl in range(len(levels)):
         cap += levels[lvl].shape[1] * levels[lvl].shape[2] * levels[lvl].shape[3]
@@ -365,6 +378,9 @@ def _scan(levels, strides, anchors, nk, pre_logit, thr_person, thr_kp):
                 continue
             cx = (2.0 * _sigmoid(np.float64(cell[0])) - 0.5 + gx) * s
             cy = (2.0 * _sigmoid(np.float64(cell[1])) - 0.5 + gy) * s
+            if mirror[lvl] > 0.0:
+                cx = mirror[lvl] - cx
+                best = cls_map[best]
             bw = (2.0 * _sigmoid(np.float64(cell[2]))) ** 2 * anchors[lvl, a, 0]
             bh = (2.0 * _sigmoid(np.float64(cell[3]))) ** 2 * anchors[lvl, a, 1]
             where[n, 0] = lvl
@@ -425,8 +441,13 @@ def _decode_kernel(
     width,
     height,
     n_clip,
+    mirror,
+    cls_map,
+    kp_map,
 ):
-    where, cls, score, box = _scan(levels, strides, anchors, nk, pre_logit, thr_person, thr_kp)
+    where, cls, score, box = _scan(
+        levels, strides, anchors, nk, pre_logit, thr_person, thr_kp, mirror, cls_map
+    )
     persons, kpdets = _nms_groups(
         cls, score, box, combined, iou_person, iou_kp, conf_kp_keep, max_nms, max_det, max_wh, use_kp_dets
     )
@@ -442,9 +463,13 @@ def _decode_kernel(
         lv = levels[lvl]
         s = strides[lvl]
         aw, ah = anchors[lvl, a, 0], anchors[lvl, a, 1]
+        flip = mirror[lvl] > 0.0
         for k in range(nk):
-            x = (4.0 * _sigmoid(np.float64(lv[0, a, gy, gx, first + 2 * k])) - 2.0) * aw + gx * s
-            y = (4.0 * _sigmoid(np.float64(lv[0, a, gy, gx, first + 2 * k + 1])) - 2.0) * ah + gy * s
+            r = kp_map[k] if flip else k  # a mirrored pass's joint k is the mirror image of kp_map[k]
+            x = (4.0 * _sigmoid(np.float64(lv[0, a, gy, gx, first + 2 * r])) - 2.0) * aw + gx * s
+            y = (4.0 * _sigmoid(np.float64(lv[0, a, gy, gx, first + 2 * r + 1])) - 2.0) * ah + gy * s
+            if flip:
+                x = mirror[lvl] - x
             kps[p, k, 0] = _to_original(x, pad_x, gain, width, k < n_clip)
             kps[p, k, 1] = _to_original(y, pad_y, gain, height, k < n_clip)
         boxes[p, 0] = _to_original(box[i, 0], pad_x, gain, width, True)
@@ -487,15 +512,41 @@ def _decode_kernel(
     return kps.astype(np.float32), scores.astype(np.float32), boxes.astype(np.float32), fused
 
 
+def decode_inputs(
+    outputs: LevelOutputs, meta: LetterboxMeta, head: KapaoHead
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The levels to decode (the mirrored pass's after the plain ones, as the official augmented
+    inference concatenates them), with per level its stride, anchors and mirror width (0: not
+    mirrored), and the class and keypoint maps of mirrored levels."""
+    nk = head.num_keypoints
+    if isinstance(outputs, Mapping) and FLIP_INDEX in outputs:
+        plain = {n: v for n, v in outputs.items() if n != FLIP_INDEX and not n.startswith(FLIPPED)}
+        mirrored = {n[len(FLIPPED) :]: v for n, v in outputs.items() if n.startswith(FLIPPED)}
+        kp_map = np.asarray(outputs[FLIP_INDEX], np.int64)
+        levels = ordered_levels(plain, head) + ordered_levels(mirrored, head)
+        mirror = np.repeat([0.0, float(meta.input_size[0])], head.nl)
+    else:
+        kp_map = np.arange(nk, dtype=np.int64)
+        levels = ordered_levels(outputs, head)
+        mirror = np.zeros(head.nl)
+    reps = len(levels) // head.nl
+    if len({lv.flags.c_contiguous for lv in levels}) > 1:  # one array type for numba's tuple
+        levels = tuple(np.ascontiguousarray(lv) for lv in levels)
+    cls_map = np.concatenate([[0], 1 + kp_map]).astype(np.int64)
+    strides = np.tile(head._strides_f64, reps)
+    anchors = np.concatenate([head.anchors] * reps) if reps > 1 else head.anchors
+    return levels, strides, anchors, mirror, cls_map, kp_map
+
+
 def decode(outputs: LevelOutputs, meta: LetterboxMeta, params: KapaoParams, head: KapaoHead) -> Poses:
     """Raw KAPAO head outputs of one image -> ``Poses`` in original-image pixels, in NMS order."""
-    levels = ordered_levels(outputs, head)
+    levels, strides, anchors, mirror, cls_map, kp_map = decode_inputs(outputs, meta, head)
     combined = params.combined_nms
     thr_kp = params.conf if combined else params.conf_kp
     kps, scores, boxes, fused = _decode_kernel(
         levels,
-        head._strides_f64,
-        head.anchors,
+        strides,
+        anchors,
         head.num_keypoints,
         logit_floor(min(params.conf, thr_kp)),
         params.conf,
@@ -516,6 +567,9 @@ def decode(outputs: LevelOutputs, meta: LetterboxMeta, params: KapaoParams, head
         float(meta.original_size[0]),
         float(meta.original_size[1]),
         params.clip_count(head.num_keypoints),
+        mirror,
+        cls_map,
+        kp_map,
     )
     if params.rescore and head.rescore_file and len(scores):
         rescored = RescoreNet.load(head.rescore_file).rescore(kps[..., :2], kps[..., 2], scores)
@@ -529,6 +583,41 @@ def rescore_inputs(
     """(N, K, 2) keypoints and (N, K) per-joint scores the rescoring net reads, for ``fit-rescore``."""
     poses = decode(outputs, meta, params.replace(rescore=False), head)
     return poses.keypoints[..., :2], poses.keypoints[..., 2]
+
+
+#: keys ``merge_flip`` adds to the outputs: the mirrored pass's levels (prefixed) and the flip index
+FLIPPED = "flipped:"
+FLIP_INDEX = "flip_index"
+
+
+def _named(outputs: LevelOutputs, head: KapaoHead) -> dict[str, np.ndarray]:
+    if not isinstance(outputs, Mapping):
+        return {f"level{i}": a for i, a in enumerate(outputs)}
+    if head.output_names and all(n in outputs for n in head.output_names):
+        return {n: outputs[n] for n in head.output_names}
+    return dict(outputs)
+
+
+def flip_input(tensor: np.ndarray, head: KapaoHead) -> np.ndarray:
+    """The flip test's second input: ``tensor`` (N, 3, H, W) mirrored (the official ``x.flip(3)``)."""
+    return np.ascontiguousarray(tensor[..., ::-1])
+
+
+def merge_flip(
+    outputs: LevelOutputs, flipped: LevelOutputs, head: KapaoHead, flip_index: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Both passes' raw outputs for ``decode``, which detects in both, mirrors the second pass's boxes
+    and keypoints back (left and right swapped by ``flip_index``) and runs NMS and fusion over all of
+    them: the official augmented inference with flips ``[None, 3]`` at scale 1."""
+    index = np.asarray(flip_index, np.int64)
+    if index.shape != (head.num_keypoints,):
+        raise BundleError(
+            f"flip test needs a flip index of {head.num_keypoints} keypoints, got {index.shape}"
+        )
+    merged = _named(outputs, head)
+    merged.update({FLIPPED + n: v for n, v in _named(flipped, head).items()})
+    merged[FLIP_INDEX] = index
+    return merged
 
 
 def warmup(head: KapaoHead) -> None:
@@ -546,6 +635,8 @@ def warmup(head: KapaoHead) -> None:
     meta = LetterboxMeta(1.0, (0.0, 0.0), (side, side), (side, side))
     for params in PRESETS.values():
         decode(levels, meta, params, head)
+    # the flip test decodes twice the levels: another specialisation of the kernels
+    decode(merge_flip(levels, levels, head, np.arange(head.num_keypoints)), meta, PRESETS["accuracy"], head)
 
 
 # -- the decoder-module protocol (see edgepose/families.py) ----------------------------------------------

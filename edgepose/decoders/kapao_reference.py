@@ -7,9 +7,11 @@ same semantics. Only cells whose objectness could pass are decoded, as any sensi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from edgepose.decoders.kapao import KapaoHead, KapaoParams, LevelOutputs, ordered_levels
+from edgepose.decoders.kapao import FLIP_INDEX, FLIPPED, KapaoHead, KapaoParams, LevelOutputs, ordered_levels
 from edgepose.poses import Poses
 from edgepose.preprocess import LetterboxMeta
 
@@ -19,21 +21,28 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def _candidates(levels: tuple[np.ndarray, ...], head: KapaoHead, thr_person: float, thr_kp: float):
+def _candidates(
+    levels: tuple[np.ndarray, ...], head: KapaoHead, thr_person: float, thr_kp: float, width: float, flip
+):
     """Rows passing obj > thr and obj * cls > thr, thr chosen by the best class (``non_max_suppression_kp``).
 
     Returns (level, anchor, gy, gx) per candidate, class, score and xyxy boxes (input pixels), cell order.
+    Levels past the head's own are a pass on the mirrored input: as the official ``_descale_pred``, their
+    class scores are swapped by ``flip`` and their box centres mirrored (``width - x``).
     """
     nc = head.nc
     lo = min(thr_person, thr_kp)
     parts = []
-    for lvl, arr in enumerate(levels):
+    for index, arr in enumerate(levels):
+        lvl, mirrored = index % head.nl, index >= head.nl
         _, na, h, w, no = arr.shape
         flat = arr.reshape(-1, no)
         obj = _sigmoid(flat[:, 4])
         rows = np.flatnonzero(obj > lo)
         obj = obj[rows]
         logits = flat[rows, 5 : 5 + nc]
+        if mirrored:
+            logits = logits[:, np.concatenate([[0], 1 + flip])]
         best = np.argmax(logits, axis=1)
         thr = np.where(best == 0, thr_person, thr_kp)
         conf = obj * _sigmoid(logits[np.arange(len(rows)), best])
@@ -43,11 +52,13 @@ def _candidates(levels: tuple[np.ndarray, ...], head: KapaoHead, thr_person: flo
         t = _sigmoid(flat[rows, :4])
         s = float(head.strides[lvl])
         cx = (2.0 * t[:, 0] - 0.5 + gx) * s
+        if mirrored:
+            cx = width - cx
         cy = (2.0 * t[:, 1] - 0.5 + gy) * s
         bw = (2.0 * t[:, 2]) ** 2 * head.anchors[lvl, a, 0]
         bh = (2.0 * t[:, 3]) ** 2 * head.anchors[lvl, a, 1]
         xyxy = np.stack([cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0], axis=1)
-        parts.append((np.stack([np.full_like(a, lvl), a, gy, gx], axis=1), best, conf, xyxy))
+        parts.append((np.stack([np.full_like(a, index), a, gy, gx], axis=1), best, conf, xyxy))
     where = np.concatenate([p[0] for p in parts]).astype(np.int64)
     return (
         where,
@@ -99,11 +110,19 @@ def decode_reference(
     outputs: LevelOutputs, meta: LetterboxMeta, params: KapaoParams, head: KapaoHead
 ) -> Poses:
     """Same contract and semantics as ``kapao.decode``; see that module for the rules."""
-    levels = ordered_levels(outputs, head)
     k_num = head.num_keypoints
+    flip = np.arange(k_num)
+    if isinstance(outputs, Mapping) and FLIP_INDEX in outputs:  # merge_flip's: plain, then mirrored
+        flip = np.asarray(outputs[FLIP_INDEX])
+        plain = {n: v for n, v in outputs.items() if n != FLIP_INDEX and not n.startswith(FLIPPED)}
+        mirrored = {n[len(FLIPPED) :]: v for n, v in outputs.items() if n.startswith(FLIPPED)}
+        levels = ordered_levels(plain, head) + ordered_levels(mirrored, head)
+    else:
+        levels = ordered_levels(outputs, head)
+    width = float(meta.input_size[0])
     combined = params.iou == params.iou_kp and params.conf_kp >= params.conf
     thr_kp = params.conf if combined else params.conf_kp
-    where, cls, score, box = _candidates(levels, head, params.conf, thr_kp)
+    where, cls, score, box = _candidates(levels, head, params.conf, thr_kp, width, flip)
 
     nms_args = (params.max_wh, params.max_nms, params.max_det)
     if combined:
@@ -124,9 +143,14 @@ def decode_reference(
     first = 5 + head.nc
     raw = np.stack([levels[li][0, ai, yi, xi, first:] for li, ai, yi, xi in zip(lvl, a, gy, gx)])
     offsets = (4.0 * _sigmoid(raw) - 2.0).reshape(n, k_num, 2)
+    mirrored = lvl >= head.nl
+    lvl = lvl % head.nl
     stride = head._strides_f64[lvl]
     grid = np.stack([gx * stride, gy * stride], axis=1)[:, None, :]
     xy = offsets * head.anchors[lvl, a][:, None, :] + grid
+    # a mirrored pass's poses: x mirrored back, and joint k is the mirror image of joint flip[k]
+    xy[mirrored] = xy[mirrored][:, flip]
+    xy[mirrored, :, 0] = width - xy[mirrored, :, 0]
     clip_mask = np.arange(k_num) < params.clip_count(k_num)
     xy = _scale(xy, meta, np.broadcast_to(clip_mask, (n, k_num)))
     poses = np.concatenate([xy, np.zeros((n, k_num, 1))], axis=2)
