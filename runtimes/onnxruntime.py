@@ -72,7 +72,9 @@ class OnnxRuntime(Runtime):
         if opt not in _OPT_LEVELS:
             raise UsageError(f"unknown graph optimisation level '{opt}'; use one of {', '.join(_OPT_LEVELS)}")
         so.graph_optimization_level = _OPT_LEVELS[opt]
-        so.intra_op_num_threads = cpu_threads(self.options) if device == "cpu" else 0
+        # $EDGEPOSE_THREADS is for CPU sessions; on a GPU only an explicit option sizes the host pool
+        cpu = device == "cpu"
+        so.intra_op_num_threads = cpu_threads(self.options) if cpu else int(self.options.get("threads") or 0)
         so.inter_op_num_threads = int(self.options.get("inter_threads", 0) or 0)
         so.log_severity_level = 3
         if not self.model_path.is_file():
