@@ -34,6 +34,7 @@ scores the keypoint confidences); the poses themselves and their order do not ch
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -512,35 +513,46 @@ def _decode_kernel(
     return kps.astype(np.float32), scores.astype(np.float32), boxes.astype(np.float32), fused
 
 
-def decode_inputs(
+@functools.lru_cache(maxsize=8)
+def _single_pass(head: KapaoHead) -> tuple[np.ndarray, ...]:
+    """strides, anchors, mirror widths, class and keypoint maps of a plain pass: made once per head,
+    not per frame."""
+    nk = head.num_keypoints
+    out = (
+        head._strides_f64,
+        head.anchors,
+        np.zeros(head.nl),
+        np.arange(nk + 1, dtype=np.int64),
+        np.arange(nk, dtype=np.int64),
+    )
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+def _decode_inputs(
     outputs: LevelOutputs, meta: LetterboxMeta, head: KapaoHead
 ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The levels to decode (the mirrored pass's after the plain ones, as the official augmented
     inference concatenates them), with per level its stride, anchors and mirror width (0: not
     mirrored), and the class and keypoint maps of mirrored levels."""
-    nk = head.num_keypoints
-    if isinstance(outputs, Mapping) and FLIP_INDEX in outputs:
-        plain = {n: v for n, v in outputs.items() if n != FLIP_INDEX and not n.startswith(FLIPPED)}
-        mirrored = {n[len(FLIPPED) :]: v for n, v in outputs.items() if n.startswith(FLIPPED)}
-        kp_map = np.asarray(outputs[FLIP_INDEX], np.int64)
-        levels = ordered_levels(plain, head) + ordered_levels(mirrored, head)
-        mirror = np.repeat([0.0, float(meta.input_size[0])], head.nl)
-    else:
-        kp_map = np.arange(nk, dtype=np.int64)
-        levels = ordered_levels(outputs, head)
-        mirror = np.zeros(head.nl)
-    reps = len(levels) // head.nl
+    if not (isinstance(outputs, Mapping) and FLIP_INDEX in outputs):
+        return (ordered_levels(outputs, head), *_single_pass(head))
+    plain = {n: v for n, v in outputs.items() if n != FLIP_INDEX and not n.startswith(FLIPPED)}
+    mirrored = {n[len(FLIPPED) :]: v for n, v in outputs.items() if n.startswith(FLIPPED)}
+    kp_map = np.asarray(outputs[FLIP_INDEX], np.int64)
+    levels = ordered_levels(plain, head) + ordered_levels(mirrored, head)
     if len({lv.flags.c_contiguous for lv in levels}) > 1:  # one array type for numba's tuple
         levels = tuple(np.ascontiguousarray(lv) for lv in levels)
+    mirror = np.repeat([0.0, float(meta.input_size[0])], head.nl)
     cls_map = np.concatenate([[0], 1 + kp_map]).astype(np.int64)
-    strides = np.tile(head._strides_f64, reps)
-    anchors = np.concatenate([head.anchors] * reps) if reps > 1 else head.anchors
-    return levels, strides, anchors, mirror, cls_map, kp_map
+    strides = np.tile(head._strides_f64, 2)
+    return levels, strides, np.concatenate([head.anchors] * 2), mirror, cls_map, kp_map
 
 
 def decode(outputs: LevelOutputs, meta: LetterboxMeta, params: KapaoParams, head: KapaoHead) -> Poses:
     """Raw KAPAO head outputs of one image -> ``Poses`` in original-image pixels, in NMS order."""
-    levels, strides, anchors, mirror, cls_map, kp_map = decode_inputs(outputs, meta, head)
+    levels, strides, anchors, mirror, cls_map, kp_map = _decode_inputs(outputs, meta, head)
     combined = params.combined_nms
     thr_kp = params.conf if combined else params.conf_kp
     kps, scores, boxes, fused = _decode_kernel(
