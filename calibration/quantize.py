@@ -78,8 +78,9 @@ class Int8Request:
     )
     _prepared: dict[bool, onnx.ModelProto] = field(default_factory=dict, repr=False)
     #: each Q/DQ configuration's build with nothing excluded (on this request's calibration tensors):
-    #: later rounds float layers in it by surgery
+    #: later rounds float layers in it by surgery; the model is read once, by the first round that does
     _whole: dict[OrtQuantConfig, Path] = field(default_factory=dict, repr=False)
+    _whole_models: dict[OrtQuantConfig, onnx.ModelProto] = field(default_factory=dict, repr=False)
 
     def float_tail(self) -> list[str]:
         """The FP32 graph's float tail, read once however many gate rounds quantize it."""
@@ -103,10 +104,12 @@ class Int8Request:
             self._prepared[form] = prepare_for_quantization(self.fp32_onnx, form)
         prepared = self._prepared[form]
         whole = self._whole.get(config)
-        if exclude and whole is not None and whole.is_file() and config.format == "qdq":
+        if exclude and whole is not None and config.format == "qdq":
             from edgepose.calibration.sensitivity import dequantize_layers, quantized_layers
 
-            model = onnx.load(str(whole))
+            if config not in self._whole_models:
+                self._whole_models[config] = onnx.load(str(whole))
+            model = self._whole_models[config]  # dequantize_layers edits a copy
             if set(exclude) <= set(quantized_layers(model)):  # other nodes: the quantizer below
                 onnx.save(dequantize_layers(model, prepared, exclude), str(output))
                 tail = float_tail(prepared)

@@ -5,7 +5,8 @@ Every family has a decoder module ``edgepose.decoders.<family>`` with the same s
 - ``Head``: the head constants (``from_dict``/``to_dict``, ``output_names``), stored in the manifest;
 - ``Params`` (``from_dict``/``to_dict``/``replace``) and ``PRESETS`` (``accuracy`` and ``realtime``);
 - ``CONF_PARAM``: the name of the main detection threshold (what ``--conf`` sets);
-- ``decode(outputs, meta, params, head) -> Poses`` and ``warmup(head)``;
+- ``decode(outputs, meta, params, head) -> Poses`` and ``warmup(head)`` (``warmup(head, flip=True)``
+  in a family with the flip test);
 - ``describe_outputs(head) -> {name: meaning}`` for the manifest;
 - ``decoded_difference(reference, candidate, head, params) -> {"decoded_max_px", ...}`` for parity;
 - optionally ``rescore_inputs(outputs, meta, params, head) -> (xy, joint_scores)``: a family that has
@@ -77,8 +78,12 @@ class Decoder:
         return self._module.merge_flip(outputs, flipped, self.head, flip_index)
 
     def warmup(self) -> None:
-        """Compile (or load from numba's cache) every kernel now, so the first frame is not a JIT compile."""
-        self._module.warmup(self.head)
+        """Compile (or load from numba's cache) every kernel now, so the first frame is not a JIT compile.
+        The flip test's kernels only when it is on: most decoders never need them."""
+        if self.flip:
+            self._module.warmup(self.head, flip=True)
+        else:
+            self._module.warmup(self.head)
 
 
 def decoder_config(

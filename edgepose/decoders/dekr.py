@@ -418,8 +418,10 @@ def merge_flip(
     return {names[0]: (heat + heat_f) * np.float32(0.5), names[1]: merged_off}
 
 
-def warmup(head: DekrHead) -> None:
-    """Compile (or load from numba's cache) the kernels and read the rescoring weights, if any."""
+def warmup(head: DekrHead, flip: bool = False) -> None:
+    """Compile (or load from numba's cache) the kernels and read the rescoring weights, if any.
+
+    ``flip`` changes nothing here: ``merge_flip`` is numpy, and its outputs reach the same kernels."""
     k = head.num_keypoints
     heat = np.zeros((k + 1, 16, 16), np.float32)
     heat[k, 4, 4], heat[k, 11, 10] = 0.9, 0.8

@@ -632,8 +632,11 @@ def merge_flip(
     return merged
 
 
-def warmup(head: KapaoHead) -> None:
-    """Compile (or load from numba's cache) every kernel for this head, so the first frame is not a JIT."""
+def warmup(head: KapaoHead, flip: bool = False) -> None:
+    """Compile (or load from numba's cache) every kernel for this head, so the first frame is not a JIT.
+
+    ``flip``: also the flip test's specialisation (twice the levels), which only a decoder with the flip
+    test on needs."""
     levels = []
     for _ in range(head.nl):
         lv = np.full((1, head.na, 2, 2, head.no), -8.0, np.float32)
@@ -647,8 +650,9 @@ def warmup(head: KapaoHead) -> None:
     meta = LetterboxMeta(1.0, (0.0, 0.0), (side, side), (side, side))
     for params in PRESETS.values():
         decode(levels, meta, params, head)
-    # the flip test decodes twice the levels: another specialisation of the kernels
-    decode(merge_flip(levels, levels, head, np.arange(head.num_keypoints)), meta, PRESETS["accuracy"], head)
+    if flip:
+        both = merge_flip(levels, levels, head, np.arange(head.num_keypoints))
+        decode(both, meta, PRESETS["accuracy"].replace(flip=True), head)
 
 
 # -- the decoder-module protocol (see edgepose/families.py) ----------------------------------------------
