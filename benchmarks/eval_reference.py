@@ -9,7 +9,7 @@ so the two figures differ only by the export. This is what the model cards and R
 
 A DEKR or KAPAO model's shipped weights bring the rescoring net fitted to them (``edgepose fit-rescore``), as
 ``edgepose export`` does; ``--rescore FILE`` names another (for ``--weights``), ``--no-rescore`` drops it.
-``--flip`` evaluates with the flip test (DEKR: a second pass on the mirrored image), both ways.
+``--flip`` evaluates with the flip test (a second pass on the mirrored image), both ways.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=250)
     ap.add_argument("--rescore", type=Path, help="rescoring net to ship (default: the zoo's, if any)")
     ap.add_argument("--no-rescore", action="store_true", help="evaluate without a rescoring net")
-    ap.add_argument("--flip", action="store_true", help="flip test (DEKR): a second, mirrored pass")
+    ap.add_argument("--flip", action="store_true", help="flip test: a second, mirrored pass")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the torch evaluation")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

@@ -185,7 +185,7 @@ def predict(
     flip: Annotated[
         bool,
         typer.Option(
-            "--flip", help="flip test: a second pass on the mirrored image (DEKR, KAPAO; 2x inference)"
+            "--flip", help="flip test: a second pass on the mirrored image, merged as official (2x inference)"
         ),
     ] = False,
 ) -> None:
@@ -314,7 +314,7 @@ def evaluate(
     flip: Annotated[
         bool,
         typer.Option(
-            "--flip", help="flip test: a second pass on the mirrored image (DEKR, KAPAO; 2x inference)"
+            "--flip", help="flip test: a second pass on the mirrored image, merged as official (2x inference)"
         ),
     ] = False,
 ) -> None:

@@ -281,11 +281,17 @@ def test_flip_test_of_a_mirror_consistent_model_finds_the_same_people():
     np.testing.assert_allclose(moved.keypoints[:, :, 1], plain.keypoints[:, :, 1], atol=1e-4)
 
 
-def test_flip_is_a_dekr_option_only():
+def test_flip_is_an_option_and_a_decoder_without_it_refuses_it(monkeypatch):
+    import types
+
+    from edgepose import families
+
     assert PRESETS["accuracy"].flip is False and PRESETS["realtime"].flip is False
     dec = make_decoder(decoder_config("dekr", HEAD.to_dict()), "accuracy", {"flip": True})
     assert dec.flip and dec.params.flip
-    sahr_cfg = decoder_config("sahr", {"num_keypoints": 17})
-    with pytest.raises(UsageError, match="sahr family has no flip test"):
-        make_decoder(sahr_cfg, "accuracy", {"flip": True})
-    assert not make_decoder(sahr_cfg, "accuracy").flip
+    # a family whose decoder module has no merge_flip (a future one) says so in one sentence
+    bare = types.SimpleNamespace(**{k: v for k, v in vars(dekr).items() if k != "merge_flip"})
+    monkeypatch.setattr(families, "decoder_module", lambda family: bare)
+    with pytest.raises(UsageError, match="dekr family has no flip test"):
+        make_decoder(decoder_config("dekr", HEAD.to_dict()), "accuracy", {"flip": True})
+    assert not make_decoder(decoder_config("dekr", HEAD.to_dict()), "accuracy").flip

@@ -431,7 +431,8 @@ def test_tile_bounds_cover_every_input_resolution_tile(seed):
 @pytest.mark.parametrize("project2image", [True, False])
 def test_tiles_left_out_by_the_scan_are_resized_exactly_later(project2image):
     out = {k: v.astype(np.float32) for k, v in _people_outputs(3).items()}
-    lo, tag, hi = sahr.read_outputs(out, HEAD)
+    lo, tags_lo, hi = sahr.read_outputs(out, HEAD)
+    tag = tags_lo[0]  # one tag per joint: (K, h, w)
     heat_ref, tag_ref = ref.aggregate(lo, tag, hi, project2image)
     scratch, heat, ub, state, tags = sahr._buffers(K, 48, 40, project2image)
     heat.fill(np.nan)
@@ -449,8 +450,8 @@ def test_tiles_left_out_by_the_scan_are_resized_exactly_later(project2image):
         tags.fill(np.nan)
         for ty in range(ub.shape[1]):
             for tx in range(ub.shape[2]):
-                sahr_tiles._tags_into(tag, j, project2image, tile, ty, tx, tags, rows, s2)
-        np.testing.assert_array_equal(tags, tag_ref[j])
+                sahr_tiles._tags_into(tag, j, project2image, tile, ty, tx, tags[0], rows, s2)
+        np.testing.assert_array_equal(tags[0], tag_ref[j])
 
 
 def test_the_unrolled_local_maximum_test_matches_a_brute_force_one():
@@ -533,3 +534,125 @@ def test_a_peak_whose_nms_window_reaches_a_tile_the_scan_left_out():
         for buf in sahr._buffers(K, 32, 32, True):
             buf.fill(stale if buf.dtype.kind == "f" else 0)
         assert len(_both(_outputs(heat, tags), _meta(128), params)) == 4  # a 2 x 2 plateau, 4 maxima
+
+
+# --- the flip test (2-D tags) ------------------------------------------------------------------------------
+
+COCO_FLIP = np.array([0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15])
+
+
+def _with_flip_tags(outputs: dict, flip_tags: np.ndarray) -> dict:
+    """``outputs`` whose tags gain a second value per joint and pixel, as ``merge_flip`` stacks them."""
+    return {**outputs, NAMES[1]: np.stack([outputs[NAMES[1]], flip_tags], axis=-1).astype(np.float32)}
+
+
+def test_merge_flip_equals_the_official_flip_test():
+    """The official order (each pass aggregated, the mirrored one flipped back and swapped, then the passes
+    averaged; tags resized per pass and stacked) against ``merge_flip`` and then the decoder's aggregation."""
+    torch = pytest.importorskip("torch")
+    fn = torch.nn.functional
+    rng = np.random.default_rng(3)
+    h, w = 6, 10
+    passes = [
+        {
+            NAMES[0]: rng.random((1, K, h, w), np.float32),
+            NAMES[1]: rng.normal(0, 2, (1, K, h, w)).astype(np.float32),
+            NAMES[2]: rng.random((1, K, 2 * h, 2 * w), np.float32),
+        }
+        for _ in range(2)
+    ]
+    heats, tags = [], []
+    for i, out in enumerate(passes):
+        lo, tag, hi = (torch.from_numpy(out[n]) for n in NAMES)
+        heat = (fn.interpolate(lo, scale_factor=2.0, mode="bilinear", align_corners=False) + hi) / 2
+        tag = fn.interpolate(tag, scale_factor=2.0, mode="bilinear", align_corners=False)
+        if i == 1:
+            heat, tag = torch.flip(heat, [3])[:, COCO_FLIP], torch.flip(tag, [3])[:, COCO_FLIP]
+        heats.append(heat)
+        tags.append(tag.unsqueeze(4))
+    want_heat, want_tags = ((heats[0] + heats[1]) / 2)[0].numpy(), torch.cat(tags, 4)[0].numpy()
+    merged = sahr.merge_flip(passes[0], passes[1], HEAD, COCO_FLIP)
+    assert merged[NAMES[1]].shape == (1, K, h, w, 2)
+    lo, tag, hi = sahr.read_outputs(merged, HEAD)
+    assert tag.shape == (2, K, h, w)
+    heat, up_tags = ref.aggregate(lo, tag, hi, False)
+    np.testing.assert_allclose(heat, want_heat, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.moveaxis(up_tags, 0, -1), want_tags, rtol=1e-6, atol=1e-6)
+    with pytest.raises(BundleError, match="flip index of 17"):
+        sahr.merge_flip(passes[0], passes[1], HEAD, COCO_FLIP[:5])
+    x = rng.random((1, 3, 8, 16), np.float32)
+    mirrored = sahr.flip_input(x, HEAD)
+    assert np.array_equal(mirrored, x[..., ::-1]) and mirrored.flags.c_contiguous
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_numba_equals_the_reference_with_the_flip_tests_tags(seed):
+    """2-D tags on random maps and on scenes of people, through every step (grouping, refinement's pruned
+    search with Euclidean tag distances)."""
+    rng = np.random.default_rng(100 + seed)
+    random = _random_outputs(seed)
+    people = {k: v.astype(np.float32) for k, v in _people_outputs(seed).items()}
+    cases = [
+        (_with_flip_tags(random, rng.normal(0, 2.0, random[NAMES[1]].shape)), _meta(64)),
+        (_with_flip_tags(people, people[NAMES[1]] + rng.normal(0, 0.6, people[NAMES[1]].shape)), _meta(192)),
+    ]
+    for out, meta in cases:
+        for preset in PRESETS.values():
+            for v in ({}, {"tag_threshold": 0.5}, {"refine": False}, {"use_detection_val": False}):
+                assert len(_both(out, meta, preset.replace(**{"min_score": 0.0, **v}))) > 0
+
+
+def test_the_flip_tests_second_tag_tells_apart_people_the_first_cannot():
+    heat, tags = _scene()
+    a = _person(heat, 8, 6)
+    b = _person(heat, 40, 6)
+    tags[:, :, 16:] = 0.25  # one tag: A and B within half a unit, every match costs the same
+    second = np.zeros_like(tags)
+    second[:, :, 16:] = 3.0  # the mirrored pass keeps them apart
+    params = PRESETS["realtime"].replace(detection_threshold=0.1)
+    out = _with_flip_tags(_outputs(heat, tags), second[None])
+    poses = _both(out, _meta(128), params)
+    assert len(poses) == 2 and (poses.keypoints[..., 2] > 0).all()
+    xs = poses.keypoints[..., 0] / 2 - 0.75
+    for person in xs:  # every joint of a pose from one person, not a mix
+        assert np.allclose(person, a[:, 0]) or np.allclose(person, b[:, 0])
+    assert not np.allclose(xs[0], xs[1])
+    # Euclidean, not per component: (0.8, 0.8) apart is 1.13 > the tag threshold: two groups, where one
+    # tag 0.8 apart would be matched (under 1; its rint costs 100 but there is no one else)
+    heat, tags = _scene()
+    _person(heat, 8, 6)
+    tags[:] = 0.0
+    tags[5:, :, :] = 0.8  # joints 5.. of the same person carry another tag
+    params = params.replace(min_score=0.0, refine=False)
+    one = _both(_outputs(heat, tags), _meta(128), params)
+    two = _both(_with_flip_tags(_outputs(heat, tags), tags[None]), _meta(128), params)
+    assert len(one) == 1 and len(two) == 2
+    assert sorted((two.keypoints[..., 2] > 0).sum(1).tolist()) == [5, 12]
+
+
+def test_refinement_with_the_flip_tests_tags_reads_both_values():
+    heat, tags = _scene()
+    xy = _person(heat, 10, 6, skip=(9,))
+    x9, y9 = xy[9]
+    heat[9, y9, x9] = 0.05  # under the threshold: grouping misses it, refinement should find it
+    heat[9, 40, 50] = 0.5  # stronger, with the person's first tag but another second one
+    tags[:] = 0.75
+    second = np.full_like(tags, 0.75)
+    second[9, 18:22, 23:27] = 3.0  # around (50, 40) at stride 2: rint(2.25) = 2 costs more than 0.45
+    params = PRESETS["realtime"].replace(detection_threshold=0.1, min_score=0.0)
+    one = _both(_outputs(heat, tags), _meta(128), params)
+    person = one.select(one.scores > 0.5)
+    assert person.keypoints[0, 9, 2] == pytest.approx(0.5)  # one tag: the stray response wins
+    two = _both(_with_flip_tags(_outputs(heat, tags), second[None]), _meta(128), params)
+    person = two.select(two.scores > 0.5)
+    assert person.keypoints[0, 9, 2] == pytest.approx(0.05)
+    assert person.keypoints[0, 9, 0] / 2 - 0.25 == pytest.approx(x9, abs=0.5)
+
+
+def test_flip_is_an_option_of_the_family_and_warms_up():
+    from edgepose.families import decoder_config, make_decoder
+
+    assert PRESETS["accuracy"].flip is False and PRESETS["realtime"].flip is False
+    dec = make_decoder(decoder_config("sahr", HEAD.to_dict()), "accuracy", {"flip": True})
+    assert dec.flip and dec.params.flip
+    warmup(HEAD, flip=True)

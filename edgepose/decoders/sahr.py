@@ -4,7 +4,7 @@ The graph ends at three raw outputs: ``heatmaps_lo`` (1, K, H/4, W/4), ``tags`` 
 associative-embedding value per joint) and ``heatmaps_hi`` (1, K, H/2, W/2). The decode follows
 ``lib/core/inference.py`` (``get_multi_stage_outputs``, ``aggregate_results``) and ``lib/core/group.py``
 (``HeatmapParser``) of github.com/HRNet/HigherHRNet-Human-Pose-Estimation and SWAHR-HumanPose, single
-scale, no flip:
+scale (the flip test, ``flip``, is described under ``merge_flip``):
 
 1. aggregation: the stride-4 heatmaps and tags are resized to stride 2 (bilinear, ``align_corners=False``)
    and the two heatmaps averaged. With ``project2image`` (the official TEST.PROJECT2IMAGE, the accuracy
@@ -158,7 +158,8 @@ class SahrParams:
     adjust, refine: TEST.USE_DETECTION_VAL/IGNORE_TOO_MUCH/ADJUST/REFINE. project2image: TEST.PROJECT2IMAGE
     (parse at the input resolution rather than at stride 2). clip: clip keypoints to the image.
     min_score: people scoring below it are dropped (not official: the COCO test keeps every group, and
-    AP wants them; on a camera the low scorers are fragments of two or three joints).
+    AP wants them; on a camera the low scorers are fragments of two or three joints). flip: TEST.FLIP_TEST,
+    a second pass on the mirrored input (``merge_flip``); off in both presets (it doubles the inference).
     """
 
     detection_threshold: float | None = None
@@ -172,6 +173,7 @@ class SahrParams:
     project2image: bool = True
     clip: bool = True
     min_score: float = 0.0
+    flip: bool = False
 
     def __post_init__(self) -> None:
         if self.detection_threshold is not None:
@@ -191,7 +193,15 @@ class SahrParams:
         if not 0.0 <= float(self.min_score) <= 1.0:
             raise UsageError(f"min_score={self.min_score} must be between 0 and 1")
         object.__setattr__(self, "min_score", float(self.min_score))
-        for f in ("use_detection_val", "ignore_too_much", "adjust", "refine", "project2image", "clip"):
+        for f in (
+            "use_detection_val",
+            "ignore_too_much",
+            "adjust",
+            "refine",
+            "project2image",
+            "clip",
+            "flip",
+        ):
             object.__setattr__(self, f, bool(getattr(self, f)))
 
     def threshold(self, head: SahrHead) -> float:
@@ -226,7 +236,10 @@ PRESETS: dict[str, SahrParams] = {
 
 
 def read_outputs(outputs: Outputs | Sequence[np.ndarray], head: SahrHead) -> tuple[np.ndarray, ...]:
-    """(heatmaps_lo (K, h, w), tags (K, h, w), heatmaps_hi (K, 2h, 2w)) as C-contiguous float32."""
+    """(heatmaps_lo (K, h, w), tags (D, K, h, w), heatmaps_hi (K, 2h, 2w)) as C-contiguous float32.
+
+    Tags come as (1, K, h, w), one value per joint (D = 1), or, from ``merge_flip``, as the official flip
+    test stacks them, (1, K, h, w, D); the batch axis is optional."""
     names = head.output_names
     if isinstance(outputs, Mapping):
         if not all(n in outputs for n in names):
@@ -236,13 +249,20 @@ def read_outputs(outputs: Outputs | Sequence[np.ndarray], head: SahrHead) -> tup
         arrays = list(outputs)
         if len(arrays) != 3:
             raise BundleError(f"SAHR decoder needs three outputs ({', '.join(names)}), got {len(arrays)}")
-    lo, tag, hi = (np.ascontiguousarray(a[0] if np.ndim(a) == 4 else a, dtype=np.float32) for a in arrays)
+    batched = np.ndim(arrays[0]) == 4
+    lo, tag, hi = (np.asarray(a[0] if batched else a, dtype=np.float32) for a in arrays)
+    if tag.ndim == lo.ndim:
+        tag = tag[None]
+    elif tag.ndim == lo.ndim + 1:
+        tag = np.moveaxis(tag, -1, 0)
+    lo, tag, hi = (np.ascontiguousarray(a) for a in (lo, tag, hi))
     k = head.num_keypoints
-    ok = lo.ndim == 3 and lo.shape[0] == k and tag.shape == lo.shape
+    ok = lo.ndim == 3 and lo.shape[0] == k and tag.shape[1:] == lo.shape and tag.shape[0] >= 1
     if not ok or hi.shape != (k, 2 * lo.shape[1], 2 * lo.shape[2]):
         raise BundleError(
-            f"SAHR outputs have shapes {lo.shape}, {tag.shape} and {hi.shape}, expected ({k}, h, w) twice "
-            f"and ({k}, 2h, 2w) for a head with {k} keypoints; the bundle's model and manifest do not match"
+            f"SAHR outputs have shapes {lo.shape}, {tag.shape} and {hi.shape}, expected ({k}, h, w), "
+            f"(tag dims, {k}, h, w) and ({k}, 2h, 2w) for a head with {k} keypoints; the bundle's model "
+            "and manifest do not match"
         )
     return lo, tag, hi
 
@@ -253,7 +273,7 @@ def _decode_kernel(lo, tag_lo, hi, scratch, heat, ub, state, tags, thr, radius, 
     full = flags[0]
     tile = 8 if full else 4
     count, top, lz = _parse_maps(lo, hi, full, heat, ub, state, scratch, thr, radius, topk)
-    cand_tag = np.zeros(top.shape)
+    cand_tag = np.zeros((top.shape[0], top.shape[1], tag_lo.shape[0]))
     joints = _group(heat, tag_lo, full, count, top, order, topk, tag_thr, flags[1], flags[2], cand_tag)
     kps, scores = _adjust_score(joints, lz, tile, flags[3])
     if flags[4]:
@@ -264,11 +284,11 @@ def _decode_kernel(lo, tag_lo, hi, scratch, heat, ub, state, tags, thr, radius, 
 _WORKSPACE = threading.local()
 
 
-def _buffers(k: int, h: int, w: int, full: bool) -> tuple[np.ndarray, ...]:
+def _buffers(k: int, h: int, w: int, full: bool, dims: int = 1) -> tuple[np.ndarray, ...]:
     """This thread's maps for stride-4 outputs of (h, w): one joint's stride-2 heat (scratch), the parse
-    map's heat, its tile bounds and states, and one joint's tags (refinement works joint by joint), reused
-    across frames (no page faults; only the tiles a frame touches are written)."""
-    key = (k, h, w, full)
+    map's heat, its tile bounds and states, and one joint's ``dims`` tag maps (refinement works joint by
+    joint), reused across frames (no page faults; only the tiles a frame touches are written)."""
+    key = (k, h, w, full, dims)
     cache = _WORKSPACE.__dict__.setdefault("buffers", {})
     if key not in cache:
         if len(cache) >= 4:
@@ -282,7 +302,7 @@ def _buffers(k: int, h: int, w: int, full: bool) -> tuple[np.ndarray, ...]:
             heat,
             np.empty(tiles, np.float32),
             np.empty(tiles, np.uint8),
-            np.empty(heat.shape[1:], np.float32),
+            np.empty((dims, *heat.shape[1:]), np.float32),
         )
     return cache[key]
 
@@ -353,7 +373,7 @@ def decode(outputs: Outputs, meta: LetterboxMeta, params: SahrParams, head: Sahr
     """Raw SAHR outputs of one image -> ``Poses`` in original-image pixels, in the official group order."""
     lo, tag, hi = read_outputs(outputs, head)
     scratch, heat, ub, state, tags = _buffers(
-        head.num_keypoints, lo.shape[1], lo.shape[2], params.project2image
+        head.num_keypoints, lo.shape[1], lo.shape[2], params.project2image, tag.shape[0]
     )
     p = params
     flags = (p.project2image, p.use_detection_val, p.ignore_too_much, p.adjust, p.refine)
@@ -380,8 +400,42 @@ def decode(outputs: Outputs, meta: LetterboxMeta, params: SahrParams, head: Sahr
     return Poses(keypoints, scores, boxes, np.zeros(kps.shape[:2], bool))
 
 
-def warmup(head: SahrHead) -> None:
-    """Compile (or load from numba's cache) the kernels for both presets."""
+def flip_input(tensor: np.ndarray, head: SahrHead) -> np.ndarray:
+    """The flip test's second input: ``tensor`` (N, 3, H, W) mirrored (the official
+    ``torch.flip(image, [3])``, no shift)."""
+    return np.ascontiguousarray(tensor[..., ::-1])
+
+
+def merge_flip(
+    outputs: Outputs, flipped: Outputs, head: SahrHead, flip_index: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Raw outputs of the input and of ``flip_input(input)`` -> one set for ``decode``, as the official flip
+    test (``get_multi_stage_outputs(with_flip=True)``, ``aggregate_results``) combines them.
+
+    The mirrored pass's maps are mirrored back and its joints swapped (``flip_index``); heatmaps are
+    averaged over the two passes, at both resolutions; tags are stacked along a new last axis, the plain
+    pass's first: (N, K, h, w, 2), each joint's two tags a vector that grouping and refinement compare by
+    Euclidean distance. The official code averages each pass's aggregated map and then the passes; every
+    step is linear, so averaging the raw maps first gives the same map to float32 rounding. Works batched.
+    """
+    names = head.output_names
+    k = head.num_keypoints
+    index = np.asarray(flip_index, np.int64)
+    if index.shape != (k,):
+        raise BundleError(f"flip test needs a flip index of {k} keypoints, got shape {index.shape}")
+    lo, tag, hi = (np.asarray(outputs[n], np.float32) for n in names)
+    lo_f, tag_f, hi_f = (np.asarray(flipped[n], np.float32)[..., ::-1].take(index, axis=-3) for n in names)
+    half = np.float32(0.5)
+    return {
+        names[0]: (lo + lo_f) * half,
+        names[1]: np.stack([tag, tag_f], axis=-1),
+        names[2]: (hi + hi_f) * half,
+    }
+
+
+def warmup(head: SahrHead, flip: bool = False) -> None:
+    """Compile (or load from numba's cache) the kernels for both presets (with the flip test's 2-D tags:
+    the same compiled kernels, one more pass through them)."""
     k = head.num_keypoints
     rng = np.random.default_rng(0)
     lo = rng.uniform(0.0, 0.05, (k, 8, 8)).astype(np.float32)
@@ -392,8 +446,9 @@ def warmup(head: SahrHead) -> None:
     side = 8 * head.strides[0]
     meta = LetterboxMeta(1.0, (0.0, 0.0), (side, side), (side, side))
     names = head.output_names
-    for params in PRESETS.values():
-        decode({names[0]: lo, names[1]: tag, names[2]: hi}, meta, params, head)
+    for tags in (tag, np.stack([tag, tag], axis=-1)) if flip else (tag,):
+        for params in PRESETS.values():
+            decode({names[0]: lo, names[1]: tags, names[2]: hi}, meta, params, head)
     assign(np.zeros((2, 3)))
     assign(np.zeros((3, 2)))
 
@@ -459,8 +514,8 @@ def decoded_difference(
     """
     lo_r, tag_r, hi_r = read_outputs(reference, head)
     lo_c, tag_c, hi_c = read_outputs(candidate, head)
-    heat_r, tg_r = aggregate(lo_r, tag_r, hi_r, params.project2image)
-    heat_c, tg_c = aggregate(lo_c, tag_c, hi_c, params.project2image)
+    heat_r, tg_r = aggregate(lo_r, tag_r[0], hi_r, params.project2image)
+    heat_c, tg_c = aggregate(lo_c, tag_c[0], hi_c, params.project2image)
     radius = params.nms_kernel // 2
     k, h, w = heat_r.shape
     whole = np.full((k, 1, 1), np.inf, np.float32)  # one tile per map

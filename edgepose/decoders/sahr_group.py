@@ -1,5 +1,9 @@
 """SAHR grouping by associative-embedding tags, the quarter-pixel adjustment, person scores and
-refinement (steps 3-6 of ``edgepose.decoders.sahr``), in numba over the tiled parse map."""
+refinement (steps 3-6 of ``edgepose.decoders.sahr``), in numba over the tiled parse map.
+
+Tags arrive as (D, K, h, w): one value per joint and pixel (D = 1), or the flip test's two (the plain and
+the mirrored pass's, D = 2), whose distance is Euclidean as in the official ``match_by_tag`` and ``refine``.
+With D = 1 every distance is the plain ``|a - b|``."""
 
 from __future__ import annotations
 
@@ -12,13 +16,52 @@ from edgepose.decoders.sahr_tiles import EXACT, _ensure, _tags_into
 
 
 @njit(cache=True, nogil=True)
+def _row_dist(a, i, b, c):
+    """The distance of tag vectors ``a[i]`` and ``b[c]`` (rows of D values): ``|a - b|`` for one value, else
+    Euclidean (official). Indices, not row views: a view costs a reference count in numba's hot loops."""
+    if a.shape[1] == 1:
+        return abs(a[i, 0] - b[c, 0])
+    s = 0.0
+    for d in range(a.shape[1]):
+        s += (a[i, d] - b[c, d]) ** 2
+    return np.sqrt(s)
+
+
+@njit(cache=True, nogil=True)
+def _map_dist(tg, y, x, prev):
+    """The distance of the tags ``tg`` (D, H, W) at one pixel from the vector ``prev`` (D,)."""
+    if tg.shape[0] == 1:
+        return abs(tg[0, y, x] - prev[0])
+    s = 0.0
+    for d in range(tg.shape[0]):
+        s += (tg[d, y, x] - prev[d]) ** 2
+    return np.sqrt(s)
+
+
+@njit(cache=True, nogil=True)
+def _box_dist(ranges, ty, tx, prev):
+    """The nearest and farthest distance from ``prev`` (D,) to tile (ty, tx)'s box of tags, ``ranges``
+    (th, tw, D, 2) holding each component's (low, high)."""
+    if ranges.shape[2] == 1:
+        lo, hi = ranges[ty, tx, 0, 0] - prev[0], ranges[ty, tx, 0, 1] - prev[0]
+        return max(lo, -hi, 0.0), max(-lo, hi)
+    near = far = 0.0
+    for d in range(ranges.shape[2]):
+        lo, hi = ranges[ty, tx, d, 0] - prev[d], ranges[ty, tx, d, 1] - prev[d]
+        near += max(lo, -hi, 0.0) ** 2
+        far += max(-lo, hi) ** 2
+    return np.sqrt(near), np.sqrt(far)
+
+
+@njit(cache=True, nogil=True)
 def _group(heat, tag_lo, full, count, top, order, max_people, tag_thr, use_val, ignore_too_much, cand_tag):
-    """Official ``match_by_tag``. -> joints (P, K, 4): x, y (map pixels), heat, tag; P people. Every
-    candidate's tag goes to ``cand_tag`` (K, topk) on the way (refinement reads them)."""
+    """Official ``match_by_tag``. -> joints (P, K, 3 + D): x, y (map pixels), heat, the D tag values; P
+    people. Every candidate's tags go to ``cand_tag`` (K, topk, D) on the way (refinement reads them)."""
     k, _, w = heat.shape
+    dims = tag_lo.shape[0]
     cap = k * top.shape[1]
-    joints = np.zeros((cap, k, 4))
-    tag_sum = np.zeros(cap)
+    joints = np.zeros((cap, k, 3 + dims))
+    tag_sum = np.zeros((cap, dims))
     tag_n = np.zeros(cap)
     p = 0
     for jj in range(k):
@@ -29,10 +72,11 @@ def _group(heat, tag_lo, full, count, top, order, max_people, tag_thr, use_val, 
         ys = top[j, :n] // w
         xs = top[j, :n] % w
         vals = np.empty(n)
-        tags = np.empty(n)
+        tags = np.empty((n, dims))
         for r in range(n):
             vals[r] = heat[j, ys[r], xs[r]]
-            tags[r] = cand_tag[j, r] = tag_at(tag_lo, j, ys[r], xs[r], full)
+            for d in range(dims):
+                tags[r, d] = cand_tag[j, r, d] = tag_at(tag_lo[d], j, ys[r], xs[r], full)
         if p == 0:
             col4row = np.full(n, -1, np.int64)
             dist = np.zeros((n, 1))
@@ -40,11 +84,15 @@ def _group(heat, tag_lo, full, count, top, order, max_people, tag_thr, use_val, 
             g = min(p, max_people)
             if ignore_too_much and g == max_people:
                 continue
+            means = np.empty((g, dims))
+            for c in range(g):
+                for d in range(dims):
+                    means[c, d] = tag_sum[c, d] / tag_n[c]
             dist = np.empty((n, g))
             cost = np.empty((n, g))
             for r in range(n):
                 for c in range(g):
-                    d = abs(tags[r] - tag_sum[c] / tag_n[c])
+                    d = _row_dist(tags, r, means, c)
                     dist[r, c] = d
                     cost[r, c] = np.rint(d) * 100.0 - vals[r] if use_val else d
             col4row = assign(cost)
@@ -56,8 +104,9 @@ def _group(heat, tag_lo, full, count, top, order, max_people, tag_thr, use_val, 
             joints[c, j, 0] = xs[r]
             joints[c, j, 1] = ys[r]
             joints[c, j, 2] = vals[r]
-            joints[c, j, 3] = tags[r]
-            tag_sum[c] += tags[r]
+            for d in range(dims):
+                joints[c, j, 3 + d] = tags[r, d]
+                tag_sum[c, d] += tags[r, d]
             tag_n[c] += 1.0
     return joints[:p]
 
@@ -117,33 +166,37 @@ def _tile_order(ub, lo_cut, hi_cut, order, starts, tops, bidx):
 
 
 @njit(cache=True, nogil=True)
-def _tag_range(tag_lo, j, ty, tx):
-    """The range of joint j's aggregated tags in tile (ty, tx): the tile blends stride-4 tags [2t - 1, 2t + 2]
-    on each axis (at either parse resolution), and blends stay in their sources' range (widened by a few
-    float32 roundings)."""
-    _, h, w = tag_lo.shape
-    a, b = np.inf, -np.inf
-    for y in range(max(2 * ty - 1, 0), min(2 * ty + 3, h)):
-        for x in range(max(2 * tx - 1, 0), min(2 * tx + 3, w)):
-            v = tag_lo[j, y, x]
-            a = min(a, v)
-            b = max(b, v)
-    return a - 1e-6 * (abs(a) + 1.0), b + 1e-6 * (abs(b) + 1.0)
+def _tag_ranges(tag_lo, j, ty, tx, ranges):
+    """The range of each component of joint j's aggregated tags in tile (ty, tx), into ``ranges[ty, tx]``
+    (D, 2): the tile blends stride-4 tags [2t - 1, 2t + 2] on each axis (at either parse resolution), and
+    blends stay in their sources' range (widened by a few float32 roundings)."""
+    h, w = tag_lo.shape[2], tag_lo.shape[3]
+    for d in range(tag_lo.shape[0]):
+        a, b = np.inf, -np.inf
+        for y in range(max(2 * ty - 1, 0), min(2 * ty + 3, h)):
+            for x in range(max(2 * tx - 1, 0), min(2 * tx + 3, w)):
+                v = tag_lo[d, j, y, x]
+                a = min(a, v)
+                b = max(b, v)
+        ranges[ty, tx, d, 0] = a - 1e-6 * (abs(a) + 1.0)
+        ranges[ty, tx, d, 1] = b + 1e-6 * (abs(b) + 1.0)
 
 
 @njit(cache=True, nogil=True)
 def _tile_best(m, tg, prev, y0, y1, x0, x1, floor):
     """The best ``heat - rint(|tag - prev|)`` in one rectangle that reaches ``floor``, and its lowest flat
-    index (-1 when none does). A pixel whose heat alone cannot reach the best so far is skipped."""
+    index (-1 when none does); ``tg`` (D, H, W), ``prev`` (D,). A pixel whose heat alone cannot reach the
+    best so far is skipped. One tag value per joint has its own loop: this one is refinement's hottest."""
     w = m.shape[1]
     top = floor
     idx = -1
+    one, t, p0 = tg.shape[0] == 1, tg[0], prev[0]
     for y in range(y0, y1):
         for x in range(x0, x1):
             v = m[y, x]
             if v < top or (v == top and idx >= 0):
                 continue
-            s = v - np.rint(abs(tg[y, x] - prev))
+            s = v - np.rint(abs(t[y, x] - p0) if one else _map_dist(tg, y, x, prev))
             if s > top or (s == top and idx < 0):
                 top = s
                 idx = y * w + x
@@ -179,6 +232,7 @@ def _best_pixel(lz, tile, j, prev, floor, tag_lo, full, tg, search, stamp, cut):
     tiles in ``tg`` (valid where ``tstamp`` == stamp) are shared by every person's search for this joint."""
     lo, hi, heat, ub, state, rows, hw = lz
     first, second, tail, bidx, ranges, rstamp, tstamp, defer, s2 = search
+    dims = tag_lo.shape[0]
     m, u = heat[j], ub[j]
     h, w = m.shape
     tw = u.shape[1]
@@ -201,10 +255,10 @@ def _best_pixel(lz, tile, j, prev, floor, tag_lo, full, tg, search, stamp, cut):
                 if u[ty, tx] < floor:
                     continue
                 if rstamp[ty, tx] != stamp:
-                    ranges[ty, tx, 0], ranges[ty, tx, 1] = _tag_range(tag_lo, j, ty, tx)
+                    _tag_ranges(tag_lo, j, ty, tx, ranges)
                     rstamp[ty, tx] = stamp
-                lo_d, hi_d = ranges[ty, tx, 0] - prev, ranges[ty, tx, 1] - prev
-                penalty = np.rint(max(lo_d, -hi_d, 0.0))
+                near, far = _box_dist(ranges, ty, tx, prev)
+                penalty = np.rint(near)
                 if u[ty, tx] - penalty < floor:
                     continue
                 if penalty > 0:
@@ -215,11 +269,12 @@ def _best_pixel(lz, tile, j, prev, floor, tag_lo, full, tg, search, stamp, cut):
                     _ensure(lo, hi, heat, state, rows, hw, tile, j, ty, tx)
                 y0, x0 = ty * tile, tx * tile
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                if lo_d > -0.5 and hi_d < 0.5:  # no pixel of the tile pays a penalty
+                if far < 0.5:  # no pixel of the tile pays a penalty
                     top, i = _first_max(m, y0, y1, x0, x1)
                 else:
                     if tstamp[ty, tx] != stamp:
-                        _tags_into(tag_lo, j, full, tile, ty, tx, tg, rows, s2)
+                        for d in range(dims):
+                            _tags_into(tag_lo[d], j, full, tile, ty, tx, tg[d], rows, s2)
                         tstamp[ty, tx] = stamp
                     top, i = _tile_best(m, tg, prev, y0, y1, x0, x1, floor)
                 if i >= 0 and top >= floor and (top > best or (top == best and i < best_idx)):
@@ -227,13 +282,14 @@ def _best_pixel(lz, tile, j, prev, floor, tag_lo, full, tg, search, stamp, cut):
                     floor = max(floor, best)
     for n in range(nd):
         ty, tx = defer[n] // tw, defer[n] % tw
-        penalty = np.rint(max(ranges[ty, tx, 0] - prev, prev - ranges[ty, tx, 1], 0.0))
+        penalty = np.rint(_box_dist(ranges, ty, tx, prev)[0])
         if u[ty, tx] - penalty < floor:
             continue
         if state[j, ty, tx] != EXACT:
             _ensure(lo, hi, heat, state, rows, hw, tile, j, ty, tx)
         if tstamp[ty, tx] != stamp:
-            _tags_into(tag_lo, j, full, tile, ty, tx, tg, rows, s2)
+            for d in range(dims):
+                _tags_into(tag_lo[d], j, full, tile, ty, tx, tg[d], rows, s2)
             tstamp[ty, tx] = stamp
         y0, x0 = ty * tile, tx * tile
         top, i = _tile_best(m, tg, prev, y0, min(y0 + tile, h), x0, min(x0 + tile, w), floor)
@@ -278,7 +334,7 @@ def _adjust_score(joints, lz, tile, adjust):
 @njit(cache=True, nogil=True)
 def _refine(kps, joints, lz, tile, tag_lo, full, tags, count, top, cand_tag, thr):
     """Every joint a person lacks becomes its ``_best_pixel`` when the heat there is positive (in place);
-    ``tags``: one joint's tag map (parse resolution), filled a tile at a time as the searches need it.
+    ``tags``: one joint's tag maps (D, parse resolution), filled a tile at a time as the searches need it.
     The joint's candidates (``count``, ``top`` of the scan, ``cand_tag`` of the grouping) seed each search
     with their exact scores."""
     lo, hi, heat, ub, state, rows, hw = lz
@@ -287,16 +343,18 @@ def _refine(kps, joints, lz, tile, tag_lo, full, tags, count, top, cand_tag, thr
         return
     w = heat.shape[2]
     th, tw = ub.shape[1], ub.shape[2]
+    dims = tag_lo.shape[0]
     # each person's mean tag over its grouped joints (refinement of one joint does not change it)
-    prev = np.zeros(p)
+    prev = np.zeros((p, dims))
     for i in range(p):
-        s, n = 0.0, 0
-        for j in range(k):
-            if kps[i, j, 2] > 0:
-                s += joints[i, j, 3]
-                n += 1
-        prev[i] = s / n
-    ranges = np.empty((th, tw, 2))
+        for d in range(dims):
+            s, n = 0.0, 0
+            for j in range(k):
+                if kps[i, j, 2] > 0:
+                    s += joints[i, j, 3 + d]
+                    n += 1
+            prev[i, d] = s / n
+    ranges = np.empty((th, tw, dims, 2))
     rstamp = np.zeros((th, tw), np.int64)
     tstamp = np.zeros((th, tw), np.int64)
     first = (np.empty(th * tw, np.int64), np.empty(BUCKETS + 1, np.int64), np.empty(BUCKETS))
@@ -313,11 +371,12 @@ def _refine(kps, joints, lz, tile, tag_lo, full, tags, count, top, cand_tag, thr
         if (kps[:, j, 2] != 0).all():
             continue
         low = np.inf
+        cj = cand_tag[j]
         for i in range(p):  # each search starts from the best candidate of this joint (an exact score)
             seed[i] = -np.inf
             for c in range(count[j]):
                 v = heat[j, top[j, c] // w, top[j, c] % w]
-                seed[i] = max(seed[i], v - np.rint(abs(cand_tag[j, c] - prev[i])))
+                seed[i] = max(seed[i], v - np.rint(_row_dist(cj, c, prev, i)))
             if kps[i, j, 2] == 0:
                 low = min(low, seed[i])
         # tiles below every search's seed are never visited; those below thr / 4 (background) are

@@ -48,9 +48,16 @@ def upsample2(src: np.ndarray) -> np.ndarray:
 
 
 def aggregate(lo: np.ndarray, tag: np.ndarray, hi: np.ndarray, project2image: bool) -> tuple[np.ndarray, ...]:
+    """-> (heat (K, H, W), tag) at the parse resolution; ``tag`` (K, h, w) or (D, K, h, w) keeps its shape."""
     heat = (upsample2(lo) + hi) / F32(2.0)
-    tag = upsample2(tag)
-    return (upsample2(heat), upsample2(tag)) if project2image else (heat, tag)
+    up = upsample2 if tag.ndim == 3 else (lambda t: np.stack([upsample2(c) for c in t]))
+    tag = up(tag)
+    return (upsample2(heat), up(tag)) if project2image else (heat, tag)
+
+
+def tag_distance(tags: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Euclidean distance over the last axis (the tag's D values), as the official ``np.linalg.norm``."""
+    return np.sqrt(((tags - means) ** 2).sum(-1))
 
 
 def candidates(heat: np.ndarray, thr: float, kernel: int, topk: int) -> list[np.ndarray]:
@@ -122,10 +129,11 @@ def assign(cost: np.ndarray) -> np.ndarray:
 
 
 def group(heat: np.ndarray, tag: np.ndarray, cands: list[np.ndarray], params: SahrParams, head: SahrHead):
-    """Official ``match_by_tag``. -> joints (P, K, 4): x, y, heat, tag."""
+    """Official ``match_by_tag`` on tags (D, K, H, W). -> joints (P, K, 3 + D): x, y, heat, tag values."""
     k, _, w = heat.shape
+    dims = tag.shape[0]
     people: list[np.ndarray] = []
-    tag_sum: list[float] = []
+    tag_sum: list[np.ndarray] = []
     tag_n: list[int] = []
     for j in head.joint_order:
         flat = cands[j]
@@ -133,7 +141,7 @@ def group(heat: np.ndarray, tag: np.ndarray, cands: list[np.ndarray], params: Sa
             continue
         ys, xs = np.divmod(flat, w)
         vals = heat[j, ys, xs].astype(np.float64)
-        tags = tag[j, ys, xs].astype(np.float64)
+        tags = tag[:, j, ys, xs].T.astype(np.float64)  # (n, D)
         if not people:
             col4row = np.full(len(flat), -1)
             dist = np.zeros((len(flat), 1))
@@ -141,21 +149,21 @@ def group(heat: np.ndarray, tag: np.ndarray, cands: list[np.ndarray], params: Sa
             g = min(len(people), params.max_people)
             if params.ignore_too_much and g == params.max_people:
                 continue
-            means = np.array(tag_sum[:g]) / np.array(tag_n[:g])
-            dist = np.abs(tags[:, None] - means[None, :])
+            means = np.array(tag_sum[:g]) / np.array(tag_n[:g])[:, None]
+            dist = tag_distance(tags[:, None, :], means[None, :, :])
             cost = np.rint(dist) * 100.0 - vals[:, None] if params.use_detection_val else dist
             col4row = assign(cost)
         for r in range(len(flat)):
             c = int(col4row[r])
             if c < 0 or not dist[r, c] < params.tag_threshold:
                 c = len(people)
-                people.append(np.zeros((k, 4)))
-                tag_sum.append(0.0)
+                people.append(np.zeros((k, 3 + dims)))
+                tag_sum.append(np.zeros(dims))
                 tag_n.append(0)
-            people[c][j] = (xs[r], ys[r], vals[r], tags[r])
+            people[c][j] = (xs[r], ys[r], vals[r], *tags[r])
             tag_sum[c] += tags[r]
             tag_n[c] += 1
-    return np.array(people).reshape(-1, k, 4)
+    return np.array(people).reshape(-1, k, 3 + dims)
 
 
 def quarter(heat: np.ndarray, js: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -168,7 +176,7 @@ def quarter(heat: np.ndarray, js: np.ndarray, xs: np.ndarray, ys: np.ndarray) ->
 
 
 def finish(joints: np.ndarray, heat: np.ndarray, tag: np.ndarray, params: SahrParams):
-    """Adjust, score, refine. -> keypoints (P, K, 3) in map pixels, scores (P,)."""
+    """Adjust, score, refine (tags (D, K, H, W)). -> keypoints (P, K, 3) in map pixels, scores (P,)."""
     p, k = joints.shape[:2]
     kps = joints[..., :3].copy()
     found = kps[..., 2] > 0
@@ -183,11 +191,11 @@ def finish(joints: np.ndarray, heat: np.ndarray, tag: np.ndarray, params: SahrPa
     for i in range(p):
         have = np.flatnonzero(kps[i, :, 2] > 0)
         ix, iy = kps[i, have, 0].astype(np.int64), kps[i, have, 1].astype(np.int64)
-        prev = np.add.accumulate(tag[have, iy, ix].astype(np.float64))[-1] / have.size
+        prev = np.add.accumulate(tag[:, have, iy, ix].astype(np.float64), axis=1)[:, -1] / have.size
         miss = np.flatnonzero(kps[i, :, 2] == 0)
         if miss.size == 0:
             continue
-        score = heat[miss] - np.rint(np.abs(tag[miss] - prev))
+        score = heat[miss] - np.rint(tag_distance(np.moveaxis(tag[:, miss], 0, -1), prev))
         ys, xs = np.divmod(score.reshape(len(miss), -1).argmax(1), w)
         vals = heat[miss, ys, xs].astype(np.float64)
         x, y = quarter(heat, miss, xs, ys)
