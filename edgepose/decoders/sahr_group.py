@@ -18,7 +18,7 @@ from edgepose.decoders.sahr_tiles import EXACT, _ensure, _tags_into
 @njit(cache=True, nogil=True)
 def _row_dist(a, i, b, c):
     """The distance of tag vectors ``a[i]`` and ``b[c]`` (rows of D values): ``|a - b|`` for one value, else
-    Euclidean (official). Indices, not row views: a view costs a reference count in numba's hot loops."""
+    Euclidean (official)."""
     if a.shape[1] == 1:
         return abs(a[i, 0] - b[c, 0])
     s = 0.0
@@ -186,17 +186,16 @@ def _tag_ranges(tag_lo, j, ty, tx, ranges):
 def _tile_best(m, tg, prev, y0, y1, x0, x1, floor):
     """The best ``heat - rint(|tag - prev|)`` in one rectangle that reaches ``floor``, and its lowest flat
     index (-1 when none does); ``tg`` (D, H, W), ``prev`` (D,). A pixel whose heat alone cannot reach the
-    best so far is skipped. One tag value per joint has its own loop: this one is refinement's hottest."""
+    best so far is skipped."""
     w = m.shape[1]
     top = floor
     idx = -1
-    one, t, p0 = tg.shape[0] == 1, tg[0], prev[0]
     for y in range(y0, y1):
         for x in range(x0, x1):
             v = m[y, x]
             if v < top or (v == top and idx >= 0):
                 continue
-            s = v - np.rint(abs(t[y, x] - p0) if one else _map_dist(tg, y, x, prev))
+            s = v - np.rint(_map_dist(tg, y, x, prev))
             if s > top or (s == top and idx < 0):
                 top = s
                 idx = y * w + x
