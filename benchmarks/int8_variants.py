@@ -1,7 +1,8 @@
 """Which INT8 recipe is fastest here: ONNX Runtime and OpenVINO variants against FP32, one interleaved run.
 
 ONNX Runtime: Q/DQ vs QOperator, per-channel vs per-tensor weights, reduce_range (7-bit weights, for CPUs
-without VNNI), uint8 vs int8 activations, every default op type vs convolutions only. OpenVINO: NNCF
+without VNNI), uint8 vs int8 activations, every default op type vs convolutions only, the stem (the
+convolution on the image's 3 channels) in float or quantized. OpenVINO: NNCF
 ``performance`` vs ``mixed`` presets on the IR, and the ORT Q/DQ ONNX converted to an IR. Latency does
 not depend on the weights, so the model has random weights; the figures are inference only, the median
 of round-robin rounds over one runtime's variants at a time (2 threads).
@@ -21,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 ORT_VARIANTS = {
-    "Q/DQ, per-channel, u8 activations (default)": {},
+    "Q/DQ, per-channel, u8 activations, stem in float (default)": {},
+    "Q/DQ, per-channel, u8 activations, stem quantized": {"float_stem": False},
     "Q/DQ, per-tensor": {"per_channel": False},
     "Q/DQ, per-channel, reduce_range": {"reduce_range": True},
     "Q/DQ, int8 activations": {"activations": "s8"},
@@ -98,7 +100,7 @@ def main() -> None:
                 "artifacts"
             ]["ir"]
         irs[OV_VARIANTS[2]] = onnx_to_openvino(
-            onnx_models["Q/DQ, per-channel, u8 activations (default)"], root / "ir-qdq", "int8"
+            onnx_models["Q/DQ, per-channel, u8 activations, stem quantized"], root / "ir-qdq", "int8"
         )["artifacts"]["ir"]
 
         # Through edgepose's own runtimes, so the sessions are configured exactly as a bundle's would be.

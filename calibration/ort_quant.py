@@ -4,6 +4,8 @@ Q/DQ (QuantizeLinear/DequantizeLinear pairs around float operators) is the one I
 consumer reads: ONNX Runtime fuses the pairs into integer kernels, TensorRT builds explicit-precision
 engines from them, and OpenVINO turns them into FakeQuantize. Weights are quantized per output channel;
 the float tail (``graph.float_tail``: the head convolutions that regress coordinates) is never quantized.
+ONNX Runtime's recipe also keeps the stem in float (``graph.float_stem``: the convolution on the image's
+3 channels), which its FP32 kernels run faster than its INT8 ones; TensorRT's quantizes it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from edgepose.calibration.graph import ensure_node_names, float_tail
+from edgepose.calibration.graph import ensure_node_names, float_stem, float_tail
 from edgepose.calibration.graph_rewrites import subpixel_deconvolutions
 
 from edgepose.errors import UsageError
@@ -50,6 +52,9 @@ class OrtQuantConfig:
     #: quantize stride-2 transposed convolutions in their exact sub-pixel form (``graph_rewrites``):
     #: ONNX Runtime has no INT8 ConvTranspose; TensorRT has, and keeps the original
     subpixel_deconv: bool = True
+    #: keep the convolution on the image's 3 channels (and its activation) in float (``graph.float_stem``):
+    #: ONNX Runtime runs it faster in FP32; TensorRT's recipe quantizes it
+    float_stem: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -71,6 +76,7 @@ TENSORRT_CONFIG = OrtQuantConfig(
     symmetric_activations=True,
     op_types=("Conv", "Add"),
     subpixel_deconv=False,
+    float_stem=False,
 )
 
 
@@ -104,6 +110,8 @@ class QuantizedOnnx:
     config: OrtQuantConfig
     excluded: list[str] = field(default_factory=list)
     float_tail: list[str] = field(default_factory=list)
+    #: the stem kept in float by ``config.float_stem`` (empty without it)
+    float_stem: list[str] = field(default_factory=list)
     #: how ``excluded`` were kept in float: ``nodes_to_exclude`` of ``quantize_static``, or graph surgery on
     #: the same configuration's build without them (``sensitivity.dequantize_layers``; the same model)
     excluded_by: str = "nodes_to_exclude"
@@ -113,6 +121,7 @@ class QuantizedOnnx:
             "quantizer": "onnxruntime.quantization.quantize_static",
             **self.config.to_dict(),
             "float_tail": self.float_tail,
+            **({"float_stem_layers": self.float_stem} if self.float_stem else {}),
             "excluded_layers": self.excluded,
             **({"excluded_by": self.excluded_by} if self.excluded else {}),
         }
@@ -355,6 +364,7 @@ def quantize_onnx(
             prepared_model = prepare_for_quantization(fp32_onnx, config.subpixel_deconv)
         onnx.save(prepared_model, str(prepared))
         tail = float_tail(prepared_model)
+        stem = float_stem(prepared_model) if config.float_stem else []
         extra: dict[str, Any] = {
             "ActivationSymmetric": config.symmetric_activations,
             "WeightSymmetric": True,
@@ -387,11 +397,11 @@ def quantize_onnx(
             reduce_range=config.reduce_range,
             activation_type=QuantType.QUInt8 if config.activations == "u8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=[*tail, *exclude],
+            nodes_to_exclude=[*tail, *stem, *exclude],
             calibrate_method=_calibration_method(config.method),
             extra_options=extra,
         )
-    return QuantizedOnnx(Path(output), config, list(exclude), tail)
+    return QuantizedOnnx(Path(output), config, list(exclude), tail, stem)
 
 
 #: methods whose activation ranges edgepose computes and hands to ``quantize_static`` as overrides

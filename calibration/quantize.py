@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 from edgepose.calibration.data import CalibrationSet, calibration_tensors
-from edgepose.calibration.graph import float_tail
+from edgepose.calibration.graph import float_stem, float_tail
 from edgepose.calibration.ort_quant import (
     DEFAULT_METHOD,
     RANGE_ESTIMATORS,
@@ -113,7 +113,8 @@ class Int8Request:
             if set(exclude) <= set(quantized_layers(model)):  # other nodes: the quantizer below
                 onnx.save(dequantize_layers(model, prepared, exclude), str(output))
                 tail = float_tail(prepared)
-                return QuantizedOnnx(Path(output), config, list(exclude), tail, "graph surgery")
+                stem = float_stem(prepared) if config.float_stem else []
+                return QuantizedOnnx(Path(output), config, list(exclude), tail, stem, "graph surgery")
         ranges = None
         if config.method in RANGE_ESTIMATORS:
             key = (form, config.method, config.activations)
@@ -171,6 +172,15 @@ def cpu_isa() -> str:
     return f"{no_vnni} (no VNNI)" if no_vnni else platform.machine() or "unknown"
 
 
+def qdq_config(req: Int8Request) -> OrtQuantConfig:
+    """The Q/DQ recipe of ``req``'s target, with its calibration method: ONNX Runtime's (cpu; the stem in
+    float), TensorRT's (jetson), and for OpenVINO from a Q/DQ ONNX, ONNX Runtime's with the stem quantized,
+    as README's Q/DQ -> IR rows were measured (OpenVINO has its own INT8 kernels for a 3-channel input)."""
+    if req.target == "jetson":
+        return replace(TENSORRT_CONFIG, method=req.method)
+    return OrtQuantConfig(method=req.method, float_stem=req.target == "cpu")
+
+
 def _build(
     req: Int8Request, tensors: Sequence[np.ndarray], exclude: Sequence[str], tag: str
 ) -> Int8Candidate:
@@ -178,16 +188,14 @@ def _build(
     work = req.workdir / f"int8-{tag}"
     work.mkdir(parents=True, exist_ok=True)
     if req.target in ("cpu", "jetson"):
-        config = replace(OrtQuantConfig() if req.target == "cpu" else TENSORRT_CONFIG, method=req.method)
-        q = req.quantize(tensors, work / "model.onnx", config, exclude)
+        q = req.quantize(tensors, work / "model.onnx", qdq_config(req), exclude)
         return Int8Candidate({"model": q.path}, "onnxruntime", q.path, q.summary(), qdq_onnx=q.path)
     if req.target == "openvino":
         from edgepose.calibration.openvino_quant import describe, nncf_quantizer
         from edgepose.export.onnx2openvino import onnx_to_openvino
 
         if req.openvino_source == "qdq":
-            config = OrtQuantConfig(method=req.method)
-            q = req.quantize(tensors, work / "qdq.onnx", config, exclude)
+            q = req.quantize(tensors, work / "qdq.onnx", qdq_config(req), exclude)
             converted = onnx_to_openvino(q.path, work / "ir", "int8")
             quantizer = {**q.summary(), "openvino": "Q/DQ ONNX converted to IR"}
             model = qdq = q.path
@@ -391,11 +399,7 @@ def _rank(
     """
     from edgepose.calibration.sensitivity import rank_layers
 
-    config = (
-        OrtQuantConfig(method=req.method)
-        if req.target != "jetson"
-        else replace(TENSORRT_CONFIG, method=req.method)
-    )
+    config = qdq_config(req)
     if qdq is None:
         path = req.workdir / "sensitivity" / "qdq.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)

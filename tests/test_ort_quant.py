@@ -25,7 +25,8 @@ SIZE = 8
 
 
 def _two_convs(path: Path) -> tuple[Path, np.ndarray]:
-    """images -> a = conv1x1(images) -> s = sigmoid(a) -> out = conv1x1(s): conv2 is the float tail."""
+    """images -> a = conv1x1(images) -> s = sigmoid(a) -> out = conv1x1(s): conv2 is the float tail.
+    conv1 reads the image, a stem: the range tests quantize it (``float_stem=False``)."""
     rng = np.random.default_rng(0)
     w1 = rng.normal(size=(4, 3, 1, 1)).astype(np.float32)
     w2 = rng.normal(size=(2, 4, 1, 1)).astype(np.float32)
@@ -100,8 +101,12 @@ def test_a_small_memory_budget_takes_more_passes_for_the_same_ranges(tmp_path, m
 def test_quantized_scales_come_from_the_mean_ranges_not_the_extremes(tmp_path):
     path, w1 = _two_convs(tmp_path / "m.onnx")
     images = _images(5)
-    mean = quantize_onnx(path, tmp_path / "mean.onnx", "images", images, OrtQuantConfig(method="meanminmax"))
-    extreme = quantize_onnx(path, tmp_path / "ext.onnx", "images", images, OrtQuantConfig(method="minmax"))
+    mean = quantize_onnx(
+        path, tmp_path / "mean.onnx", "images", images, OrtQuantConfig(float_stem=False, method="meanminmax")
+    )
+    extreme = quantize_onnx(
+        path, tmp_path / "ext.onnx", "images", images, OrtQuantConfig(float_stem=False, method="minmax")
+    )
     a = [np.einsum("oc,nchw->nohw", w1, x) for x in images]
     lo = min(float(np.mean([v.min() for v in a])), 0.0)
     hi = max(float(np.mean([v.max() for v in a])), 0.0)
@@ -129,8 +134,12 @@ def test_entropy_ranges_clip_rare_outliers_and_keep_the_seen_floor(tmp_path):
     lo, hi = ranges["images"]
     assert lo == pytest.approx(seen.min(), abs=1e-6)  # the floor seen, not -threshold
     assert 0.5 * bulk_max <= hi <= 0.2 * 50.0, (hi, bulk_max)  # the bulk kept, the 50s clipped
-    q = quantize_onnx(path, tmp_path / "e.onnx", "images", images, OrtQuantConfig(method="entropy"))
-    mm = quantize_onnx(path, tmp_path / "mm.onnx", "images", images, OrtQuantConfig(method="minmax"))
+    q = quantize_onnx(
+        path, tmp_path / "e.onnx", "images", images, OrtQuantConfig(float_stem=False, method="entropy")
+    )
+    mm = quantize_onnx(
+        path, tmp_path / "mm.onnx", "images", images, OrtQuantConfig(float_stem=False, method="minmax")
+    )
     got = _scale_of(onnx.load(str(q.path)), "images")
     assert got == pytest.approx((hi - min(lo, 0.0)) / 255, rel=1e-4)
     assert got < _scale_of(onnx.load(str(mm.path)), "images") / 5
@@ -160,11 +169,13 @@ def test_gate_rounds_prepare_and_measure_the_ranges_once(tmp_path, monkeypatch):
         monkeypatch.setattr(module, "prepare_for_quantization", counting_prepare)
     req = quantize.Int8Request("cpu", path, tmp_path, "images", (SIZE, SIZE), {}, np.ones(1), None)
     images = _images(3)
-    first = req.quantize(images, tmp_path / "r0.onnx", OrtQuantConfig())
-    again = req.quantize(images, tmp_path / "r1.onnx", OrtQuantConfig(), exclude=["sig"])
+    first = req.quantize(images, tmp_path / "r0.onnx", OrtQuantConfig(float_stem=False))
+    again = req.quantize(images, tmp_path / "r1.onnx", OrtQuantConfig(float_stem=False), exclude=["sig"])
     assert len(calls) == 1
     assert _scale_of(onnx.load(str(first.path)), "a") == _scale_of(onnx.load(str(again.path)), "a")
-    req.quantize(images, tmp_path / "mm.onnx", OrtQuantConfig(method="minmax"))  # needs no ranges
+    req.quantize(
+        images, tmp_path / "mm.onnx", OrtQuantConfig(float_stem=False, method="minmax")
+    )  # needs no ranges
     assert len(calls) == 1
     assert prepares == [1]  # every round quantizes the one prepared graph
 
@@ -185,13 +196,74 @@ def test_with_mean_ranges_for_every_tensor_orts_own_pass_reads_one_image_for_the
         return real_reader(name, tensors)
 
     monkeypatch.setattr(ort_quant, "_FeedReader", counting)
-    one = quantize_onnx(path, tmp_path / "one.onnx", "images", images, OrtQuantConfig())
+    one = quantize_onnx(path, tmp_path / "one.onnx", "images", images, OrtQuantConfig(float_stem=False))
     # a tensor the mean ranges lack keeps ORT's pass on every image
     monkeypatch.setattr(ort_quant, "_float_activations", lambda *a: real_floats(*a) | {"unmeasured"})
-    full = quantize_onnx(path, tmp_path / "full.onnx", "images", images, OrtQuantConfig())
+    full = quantize_onnx(path, tmp_path / "full.onnx", "images", images, OrtQuantConfig(float_stem=False))
     assert fed == [1, 5]
     a, b = onnx.load(str(one.path)).graph, onnx.load(str(full.path)).graph
     assert [n.op_type for n in a.node] == [n.op_type for n in b.node]
     assert len(a.initializer) == len(b.initializer) > 0
     for x, y in zip(a.initializer, b.initializer, strict=True):
         np.testing.assert_array_equal(numpy_helper.to_array(x), numpy_helper.to_array(y))
+
+
+def _stem_graph(first_channels: int, preprocess: bool) -> onnx.ModelProto:
+    """[Sub(mean) ->] conv_a (first_channels -> 4) -> SiLU (Sigmoid, Mul) -> conv_b -> Relu -> conv_c (the
+    float tail)."""
+    rng = np.random.default_rng(2)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, first_channels, 3, 3)).astype(np.float32), "wa"),
+        numpy_helper.from_array(rng.normal(size=(4, 4, 3, 3)).astype(np.float32), "wb"),
+        numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "wc"),
+        numpy_helper.from_array(np.full((1, first_channels, 1, 1), 0.5, np.float32), "mean"),
+    ]
+    nodes = [helper.make_node("Sub", ["images", "mean"], ["x"], name="sub")] if preprocess else []
+    nodes += [
+        helper.make_node("Conv", ["x" if preprocess else "images", "wa"], ["a"], name="conv_a", pads=[1] * 4),
+        helper.make_node("Sigmoid", ["a"], ["sa"], name="sig_a"),
+        helper.make_node("Mul", ["a", "sa"], ["ya"], name="mul_a"),
+        helper.make_node("Conv", ["ya", "wb"], ["b"], name="conv_b", pads=[1] * 4),
+        helper.make_node("Relu", ["b"], ["yb"], name="relu_b"),
+        helper.make_node("Conv", ["yb", "wc"], ["out"], name="conv_c"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stem",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, first_channels, SIZE, SIZE])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, SIZE, SIZE])],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_stem_is_the_convolution_on_the_image_with_its_preprocessing_and_activation():
+    from edgepose.calibration.graph import float_stem
+
+    assert float_stem(_stem_graph(3, preprocess=False)) == ["conv_a", "sig_a", "mul_a"]
+    assert float_stem(_stem_graph(3, preprocess=True)) == ["sub", "conv_a", "sig_a", "mul_a"]
+    assert float_stem(_stem_graph(1, preprocess=True)) == ["sub", "conv_a", "sig_a", "mul_a"]  # gray
+    assert float_stem(_stem_graph(8, preprocess=False)) == []  # not an image: quantized as any layer
+
+
+def test_onnx_runtimes_recipe_keeps_the_stem_in_float_and_says_so(tmp_path):
+    path = tmp_path / "stem.onnx"
+    model = _stem_graph(3, preprocess=True)
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    images = [np.random.default_rng(i).uniform(0, 1, (1, 3, SIZE, SIZE)).astype(np.float32) for i in range(4)]
+    for float_stem, want in (
+        (True, {"conv_a": False, "conv_b": True, "conv_c": False}),  # conv_c: the float tail
+        (False, {"conv_a": True, "conv_b": True, "conv_c": False}),
+    ):
+        q = quantize_onnx(
+            path, tmp_path / f"q{float_stem}.onnx", "images", images, OrtQuantConfig(float_stem=float_stem)
+        )
+        out = onnx.load(str(q.path))
+        producer = {o: n for n in out.graph.node for o in n.output}
+        convs = {n.name: producer.get(n.input[1]) for n in out.graph.node if n.op_type == "Conv"}
+        got = {name: p is not None and p.op_type == "DequantizeLinear" for name, p in convs.items()}
+        assert got == want
+        assert q.summary().get("float_stem_layers", []) == (
+            ["sub", "conv_a", "sig_a", "mul_a"] if float_stem else []
+        )

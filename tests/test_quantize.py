@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from edgepose.calibration.data import calibration_tensors, load_calibration
-from edgepose.calibration.graph import float_tail
+from edgepose.calibration.graph import float_stem, float_tail
 from edgepose.calibration.quantize import Int8Request, quantize_for_target
 from edgepose.calibration.validation import ValidationSet
 from edgepose.export.pipeline import ExportOptions, calibration_methods, export_model
@@ -74,8 +74,12 @@ def test_cpu_int8_is_qdq_with_a_float_tail_and_records_its_calibration(bundles):
     tail = [n for n in float_tail(model) if n in quantized]
     assert len(tail) == 4  # one head convolution per output level (P3..P6) ...
     assert not any(quantized[n] for n in tail)  # ... all in float
-    assert sum(quantized.values()) == len(quantized) - len(tail)  # every other convolution is INT8
+    stem = float_stem(model)  # the convolution on the image's 3 channels and its SiLU, in float too
+    assert [n for n in stem if n in quantized] == ["/model.0/conv/conv/Conv"]
+    assert not quantized["/model.0/conv/conv/Conv"]
+    assert sum(quantized.values()) == len(quantized) - len(tail) - 1  # every other convolution is INT8
     cal = m["calibration"]
+    assert cal["quantizer"]["float_stem"] is True and cal["quantizer"]["float_stem_layers"] == stem
     assert cal["kind"] == "synthetic" and cal["count"] == 12 and cal["held_back"] > 0
     assert len(cal["sha256"]) == 64 and cal["method"] == "meanminmax" and cal["instruction_set"]
     assert cal["quantizer"]["per_channel"] is True and cal["quantizer"]["format"] == "QDQ"
@@ -156,6 +160,8 @@ def test_jetson_int8_is_a_symmetric_qdq_onnx_checked_in_onnxruntime(bundles):
     cal = b.manifest["calibration"]
     assert cal["quantizer"]["activations"] == "s8" and cal["quantizer"]["symmetric_activations"] is True
     assert "build" in b.manifest["tensorrt"] and b.manifest["precision"] == "int8"
+    # TensorRT quantizes the stem too: ONNX Runtime's recipe is the one that keeps it in float
+    assert _weight_quantized(model)["/model.0/conv/conv/Conv"] and "float_stem_layers" not in cal["quantizer"]
 
 
 def _self_labelled_validation(fp32_bundle: Path, folder: Path) -> ValidationSet:

@@ -121,8 +121,12 @@ def calib() -> list[np.ndarray]:
     return _tensors(8, seed=1)
 
 
+#: these nets' first convolution reads the image: quantized here (the tests are about every layer's Q/DQ)
+QUANTIZED_STEM = OrtQuantConfig(float_stem=False)
+
+
 def _quantize(
-    fp32: Path, name: str, calib, config: OrtQuantConfig = OrtQuantConfig(), exclude=()
+    fp32: Path, name: str, calib, config: OrtQuantConfig = QUANTIZED_STEM, exclude=()
 ) -> onnx.ModelProto:
     out = fp32.with_name(name)
     quantize_onnx(fp32, out, "images", calib, config, exclude=list(exclude))
@@ -135,7 +139,9 @@ def silu_qdq(silu_net, calib) -> onnx.ModelProto:
 
 
 def test_only_weighted_ops_quantized_dequantizing_all_gives_fp32_back(silu_net, calib):
-    qdq = _quantize(silu_net, "silu-conv-only.onnx", calib, OrtQuantConfig(op_types=("Conv",)))
+    qdq = _quantize(
+        silu_net, "silu-conv-only.onnx", calib, OrtQuantConfig(float_stem=False, op_types=("Conv",))
+    )
     fp32 = prepare_for_quantization(silu_net)
     layers = quantized_layers(qdq)
     assert len(layers) == 4 and _count(qdq, "QuantizeLinear") > 0  # the two heads are the float tail
@@ -173,9 +179,14 @@ def test_one_layer_matches_onnxruntime_excluding_it(silu_net, silu_qdq, calib):
 @pytest.mark.parametrize(
     ("net", "config"),
     [
-        ("relu", OrtQuantConfig()),
-        ("relu", OrtQuantConfig(op_types=("Conv",))),
-        ("silu", OrtQuantConfig(activations="s8", symmetric_activations=True, op_types=("Conv", "Add"))),
+        ("relu", QUANTIZED_STEM),
+        ("relu", OrtQuantConfig(float_stem=False, op_types=("Conv",))),
+        (
+            "silu",
+            OrtQuantConfig(
+                float_stem=False, activations="s8", symmetric_activations=True, op_types=("Conv", "Add")
+            ),
+        ),
     ],
     ids=["relu-default", "relu-conv-only", "silu-symmetric-conv-add"],
 )
@@ -234,7 +245,7 @@ def test_ranking_finds_planted_sensitive_layer(tmp_path, calib):
         net.c4.weight[0, 5, 0, 0] = 1000 * net.c4.weight.abs().max()
     fp32_path = _export(net, tmp_path / "planted.onnx", ["o1", "o2"])
     qdq_path = tmp_path / "planted-int8.onnx"
-    quantize_onnx(fp32_path, qdq_path, "images", calib, OrtQuantConfig(per_channel=False))
+    quantize_onnx(fp32_path, qdq_path, "images", calib, OrtQuantConfig(float_stem=False, per_channel=False))
 
     full, ranked = rank_layers(qdq_path, fp32_path, "images", _tensors(4, seed=5), threads=1)
     assert full > 0.1
@@ -251,7 +262,11 @@ def test_ranking_finds_planted_sensitive_layer(tmp_path, calib):
     import onnxruntime as ort
 
     excluded = _quantize(
-        fp32_path, "planted-excluded.onnx", calib, OrtQuantConfig(per_channel=False), ["/c4/Conv"]
+        fp32_path,
+        "planted-excluded.onnx",
+        calib,
+        OrtQuantConfig(float_stem=False, per_channel=False),
+        ["/c4/Conv"],
     )
     fp32, tensors = prepare_for_quantization(fp32_path), _tensors(4, seed=5)
     kept_float = output_error(excluded, fp32, "images", tensors, threads=1)
