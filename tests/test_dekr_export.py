@@ -23,6 +23,7 @@ from edgepose.decoders.dekr import PRESETS, DekrHead, decoded_difference  # noqa
 from edgepose.models.zoo import build_model  # noqa: E402
 from edgepose.preprocess import preprocess  # noqa: E402
 from edgepose.samples import sample_images  # noqa: E402
+from tests.flip_checks import run_flip_both_ways  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -89,27 +90,12 @@ def test_dekr_t_end_to_end_export_bundle_and_predict(tiny_bundle):
 
 
 def test_flip_test_runs_a_mirrored_second_pass_through_the_runtime(tiny_bundle):
-    from edgepose.decoders.dekr import flip_input, merge_flip
+    from edgepose.decoders import dekr
 
-    image = sample_images(limit=1)[0]
-    with edgepose.load(tiny_bundle.path, preset="accuracy") as plain_est:
-        tensor, meta = plain_est.preprocess(image)
-        plain = plain_est.infer(tensor)
-        plain_poses = plain_est(image)
-    with edgepose.load(tiny_bundle.path, preset="accuracy", flip=True) as est:
-        assert est.decoder.flip
-        got = est.infer(tensor)
-        poses = est(image)
-    path = tiny_bundle.artifact("model")
-    head = DekrHead(17)
-    flip = load_bundle(tiny_bundle.path).skeleton.flip_index()
-    want = merge_flip(_ort(path, tensor), _ort(path, flip_input(tensor, head)), head, flip)
+    run = run_flip_both_ways(tiny_bundle.path, dekr, DekrHead(17), _ort)
     for name in ("heatmap", "offset"):
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
-        assert not np.allclose(got[name], plain[name], atol=1e-3)  # the second pass changed something
-    assert len(poses) > 0 and not (
-        len(poses) == len(plain_poses) and np.allclose(poses.keypoints, plain_poses.keypoints)
-    )
+        np.testing.assert_allclose(run.got[name], run.want[name], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(run.got[name], run.plain[name], atol=1e-3)  # the second pass changed something
 
 
 def test_the_same_onnx_runs_on_openvino(tiny_bundle):
