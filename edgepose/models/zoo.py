@@ -233,8 +233,8 @@ ZOO: dict[str, ModelInfo] = {
             "small reference SWAHR (HRNet-W16, one module per stage, two deconv blocks) trained by edgepose",
             # a young model's weak peaks are noise: 0.4 beats 0.3 and the official 0.12 (val-v1 stream 999)
             decoder={"accuracy": {"detection_threshold": 0.4}},
-            # ONNX Runtime INT8 AP drop on val-v1 stream 999 (250 images): percentile 0.002, minmax and
-            # entropy 0.005, the toolkit's meanminmax 0.020 (docs/reference-models.md)
+            # ONNX Runtime INT8 AP drop on val-v1 stream 999 (250 images), first schedule's file: percentile
+            # 0.002, minmax and entropy 0.005, the toolkit's meanminmax 0.020 (docs/reference-models.md)
             calib_method="percentile",
             width=16,
             deconv_channels=16,
